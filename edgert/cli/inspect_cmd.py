@@ -1,0 +1,67 @@
+"""edgert inspect MODEL"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the summary as JSON.")
+def command(model: str, json_path: str | None) -> None:
+    """Show MODEL's inputs/outputs, opsets, op histogram, parameters, custom ops and manifest."""
+    from edgert._io import write_text_atomic
+    from edgert.model_info import inspect_model
+
+    info = inspect_model(model)
+    console = Console()
+    console.print(f"[bold]{info.path}[/]  IR {info.ir_version}, producer {info.producer or '?'}")
+    console.print("opsets: " + ", ".join(f"{d} {v}" for d, v in info.opsets.items()))
+    io_table = Table(title="signature")
+    for col in ("", "name", "dtype", "shape"):
+        io_table.add_column(col)
+    for kind, values in (("input", info.inputs), ("output", info.outputs)):
+        for v in values:
+            io_table.add_row(kind, v["name"], v["dtype"], str(v["shape"]))
+    console.print(io_table)
+    console.print(f"parameters: {info.parameters:,} ({info.parameter_bytes / 2**20:.2f} MiB)")
+    ops = Table(title=f"ops ({sum(info.op_histogram.values())} nodes)")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in info.op_histogram.items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    console.print("edgert custom ops: " + (", ".join(info.custom_ops) or "none"))
+    if info.functions:
+        console.print("local functions: " + ", ".join(info.functions))
+    _print_manifest(console, info.manifest, info.has_tokenizer)
+    if json_path:
+        write_text_atomic(json_path, json.dumps(info.to_dict(), indent=1))
+
+
+def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool) -> None:
+    if manifest is None:
+        console.print("manifest: none (not exported by edgert)")
+        return
+    console.print(f"manifest: edgert {manifest['edgert_version']}, source {manifest['source']}, "
+                  f"task {manifest['task']}, opset {manifest['opset']}")
+    validation = manifest.get("validation") or {}
+    if validation:
+        diffs = ", ".join(f"{k} {v:.3g}" for k, v in validation["max_abs_diff"].items())
+        console.print(f"validated vs torch: max abs diff {diffs} (atol {validation['atol']:g})")
+    console.print(f"tokenizer: {'yes' if has_tokenizer else 'no'}"
+                  + (f", max_length {manifest['text']['max_length']}" if manifest.get("text") else ""))
+    plan = manifest.get("plan")
+    if plan:
+        layers = plan["layers"]
+        heads = [len(layer["kept_heads"]) for layer in layers]
+        kv = [layer["num_kv_heads"] for layer in layers]
+        softmax = sorted({layer["softmax"]["kind"] for layer in layers})
+        windows = sum(c["kind"] == "window" for layer in layers for c in layer["cache"])
+        console.print(f"head plan: {len(layers)} layers, query heads {heads}, kv heads {kv}, "
+                      f"softmax {'/'.join(softmax)}, streaming kv heads {windows}")

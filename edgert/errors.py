@@ -1,0 +1,46 @@
+"""Errors a user can cause. The library raises these; only the CLI turns them into
+one line and exit code 2."""
+
+
+class EdgertError(Exception):
+    """Base class of every error edgert reports to a user."""
+
+
+class ModelLoadError(EdgertError):
+    """The model file is missing, unreadable, not ONNX, or truncated."""
+
+
+class InputError(EdgertError):
+    """Inputs given to a Session do not match the model's signature."""
+
+
+class UnknownModelError(EdgertError):
+    """A built-in model name is not in the zoo."""
+
+
+class SourceError(EdgertError):
+    """A model source (directory, checkpoint) cannot be used."""
+
+
+class DeviceUnavailableError(EdgertError):
+    """The requested device has no usable ONNX Runtime execution provider."""
+
+
+class ShapeError(EdgertError):
+    """A dynamic dimension cannot be resolved to a concrete size."""
+
+
+class ValidationError(EdgertError):
+    """An exported graph disagrees with its source model beyond tolerance."""
+
+
+class PlanError(EdgertError):
+    """A HeadPlan is malformed or impossible for the model it is applied to."""
+
+
+class OutputPathError(EdgertError):
+    """An output cannot be written where the user asked."""
+
+
+class DependencyError(EdgertError):
+    """An optional dependency needed for this feature is not installed."""

@@ -1,0 +1,231 @@
+"""Latency profiling: percentiles, throughput, memory, and side-by-side runs.
+
+Several models are timed interleaved in blocks in one process, so a noisy machine
+slows them alike and the ratios stay honest. Each model is also timed alone first;
+the report flags models whose alone and interleaved medians disagree (see DESIGN.md:
+ONNX Runtime's spinning intra-op threads can slow sessions that alternate).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.session import Session, session_options
+from edgert.synth import synthesize_inputs
+
+AGREEMENT_TOLERANCE = 0.15  # alone vs interleaved p50 may differ this much before we warn
+
+
+@dataclass
+class LatencyStats:
+    """Latency summary in milliseconds."""
+
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    std: float
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float]) -> LatencyStats:
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        if ms.size == 0:
+            raise EdgertError("no latency samples")
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(float(ms.min()), float(ms.mean()), float(p50), float(p90), float(p95),
+                   float(p99), float(ms.max()), float(ms.std()))
+
+
+@dataclass
+class BenchConfig:
+    """What to run: batch, sequence length, warmup and timed iterations per model."""
+
+    batch: int = 1
+    seq: int = 128
+    warmup: int = 10
+    iters: int = 100
+    threads: int | None = None
+    device: str = "cpu"
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    block: int | None = None  # iterations per interleaved block; None: iters // 10
+    spin: bool = True  # ONNX Runtime's default; False disables intra-op thread spinning
+
+    def check(self) -> None:
+        for name in ("batch", "seq", "iters"):
+            if getattr(self, name) < 1:
+                raise EdgertError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise EdgertError(f"warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class ModelResult:
+    """One model's figures. `latency_ms` is the interleaved measurement when several
+    models were compared, otherwise the alone one."""
+
+    path: str
+    latency_ms: LatencyStats
+    alone_latency_ms: LatencyStats
+    throughput_per_s: float
+    items_per_s: float
+    peak_rss_mb: float
+    rss_increase_mb: float
+    session_s: float
+    first_ms: float
+    speedup_vs_first: float = 1.0
+    alone_agrees: bool = True
+
+
+@dataclass
+class BenchReport:
+    device: str
+    config: BenchConfig
+    models: list[ModelResult]
+    interleaved: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["config"]["shapes"] = {k: list(v) for k, v in self.config.shapes.items()}
+        return data
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (0 where unknown)."""
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size since the last reset_peak_rss(), in MiB."""
+    peak = _proc_status_mb("VmHWM")
+    if peak:
+        return peak
+    import resource  # not Linux: whole-process peak, cannot be reset
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if os.uname().sysname == "Darwin" else maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux; no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _proc_status_mb(key: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+Progress = Callable[[int], None]
+
+
+def _time_runs(session: Session, feeds: dict, count: int, progress: Progress | None) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        session.run_unchecked(feeds)
+        samples.append(time.perf_counter() - start)
+        if progress:
+            progress(1)
+    return samples
+
+
+def _open(path: str, config: BenchConfig) -> tuple[Session, dict, float]:
+    start = time.perf_counter()
+    session = Session(path, device=config.device, options=session_options(config.threads, spin=config.spin))
+    session_s = time.perf_counter() - start
+    feeds = session.check_inputs(synthesize_inputs(session, batch=config.batch, seq=config.seq,
+                                                   overrides=config.shapes))
+    return session, feeds, session_s
+
+
+def bench_models(paths: Sequence[str], config: BenchConfig, *,
+                 progress: Progress | None = None) -> BenchReport:
+    """Time each model alone, then (with several models) all of them interleaved in blocks.
+
+    `progress` is called with the number of iterations just finished; the total is
+    total_iterations(len(paths), config).
+    """
+    config.check()
+    results, devices = [], set()
+    for path in paths:
+        gc.collect()
+        reset_peak_rss()
+        before = rss_mb()
+        session, feeds, session_s = _open(path, config)
+        devices.add(session.device)
+        start = time.perf_counter()
+        session.run_unchecked(feeds)
+        first_ms = (time.perf_counter() - start) * 1e3
+        _time_runs(session, feeds, config.warmup, progress)
+        alone = LatencyStats.from_seconds(_time_runs(session, feeds, config.iters, progress))
+        peak = peak_rss_mb()
+        results.append(ModelResult(
+            path=str(path), latency_ms=alone, alone_latency_ms=alone,
+            throughput_per_s=1e3 / alone.mean, items_per_s=config.batch * 1e3 / alone.mean,
+            peak_rss_mb=peak, rss_increase_mb=max(0.0, peak - before),
+            session_s=session_s, first_ms=first_ms))
+        del session, feeds
+
+    report = BenchReport(device=",".join(sorted(devices)), config=config, models=results,
+                         interleaved=len(paths) > 1)
+    if len(paths) > 1:
+        _interleave(paths, config, results, progress)
+        for r in results:
+            drift = r.latency_ms.p50 / r.alone_latency_ms.p50 - 1
+            r.alone_agrees = abs(drift) <= AGREEMENT_TOLERANCE
+            if not r.alone_agrees:
+                report.warnings.append(
+                    f"{r.path}: median {r.alone_latency_ms.p50:.3f} ms alone vs "
+                    f"{r.latency_ms.p50:.3f} ms interleaved ({drift:+.0%}); ratios may be skewed")
+        first = results[0].latency_ms.p50
+        for r in results:
+            r.speedup_vs_first = first / r.latency_ms.p50
+    return report
+
+
+def _interleave(paths: Sequence[str], config: BenchConfig, results: list[ModelResult],
+                progress: Progress | None) -> None:
+    opened = [_open(p, config)[:2] for p in paths]
+    for session, feeds in opened:
+        _time_runs(session, feeds, config.warmup, progress)
+    block = config.block or max(1, config.iters // 10)
+    samples: list[list[float]] = [[] for _ in paths]
+    round_index = 0
+    while any(len(s) < config.iters for s in samples):
+        # rotate the starting model each round so no model always runs right after another
+        order = [(round_index + k) % len(paths) for k in range(len(paths))]
+        for i in order:
+            count = min(block, config.iters - len(samples[i]))
+            samples[i] += _time_runs(*opened[i], count, progress)
+        round_index += 1
+    for result, s in zip(results, samples):
+        result.latency_ms = LatencyStats.from_seconds(s)
+        result.throughput_per_s = 1e3 / result.latency_ms.mean
+        result.items_per_s = config.batch * result.throughput_per_s
+
+
+def total_iterations(num_models: int, config: BenchConfig) -> int:
+    """How many runs bench_models will report through `progress`."""
+    per_model = config.warmup + config.iters
+    return num_models * per_model * (2 if num_models > 1 else 1)

@@ -1,0 +1,180 @@
+"""`edgert export`: a Hugging Face encoder → a validated ONNX graph with manifest and tokenizer."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import edgert
+from edgert._io import atomic_output, check_output_path
+from edgert.errors import EdgertError
+from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
+from edgert.session import Session, session_options
+from edgert.text import TextTokenizer
+
+TASKS = ("feature-extraction", "sentence-embedding")
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = 1e-4
+MIN_OPSET = 18  # the torch.onnx dynamo exporter's floor
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: Manifest
+    seconds: float
+
+    @property
+    def diffs(self) -> dict[str, float]:
+        return self.manifest.validation["max_abs_diff"]
+
+
+def export(source: str, output: str | os.PathLike, *, task: str | None = None,
+           opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+           on_step: Step | None = None) -> ExportResult:
+    """Export `source` (a built-in name or a Hugging Face directory) to `output`.
+
+    task: feature-extraction or sentence-embedding (None: the model's default, else
+    feature-extraction). The graph is validated against torch on sample inputs and only
+    written if every output agrees within `atol`.
+    """
+    from edgert.exporters.hf_encoder import load_encoder
+    from edgert.models.zoo import resolve_source
+
+    _quiet_libraries()
+    step = on_step or (lambda _: None)
+    start = time.perf_counter()
+    if opset < MIN_OPSET:
+        raise EdgertError(f"opset {opset} is too old; the exporter needs >= {MIN_OPSET}")
+    if not atol > 0:
+        raise EdgertError(f"atol must be > 0, got {atol}")
+    output = check_output_path(output)
+    step("load")
+    model_source = resolve_source(source)
+    task = task or model_source.default_task or "feature-extraction"
+    if task not in TASKS:
+        raise EdgertError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    encoder = load_encoder(model_source)
+
+    from edgert.models.encoders import TASK_OUTPUTS, EncoderExport
+
+    module = EncoderExport(encoder.model, task,
+                           uses_token_types="token_type_ids" in encoder.input_names).eval()
+    output_names = TASK_OUTPUTS[task]
+    manifest = Manifest(
+        edgert_version=edgert.__version__, source=model_source.name, task=task, opset=opset,
+        inputs={n: n for n in encoder.input_names},
+        dims={"batch": "batch", "sequence": "sequence"},
+        text={"max_length": encoder.max_length, "vocab_size": encoder.vocab_size}
+        if encoder.tokenizer_json else None,
+        plan=HeadPlan.full(encoder.num_layers, encoder.num_heads, head_dim=encoder.head_dim),
+        extra={"model_type": encoder.model_type,
+               "pooling": "mean, l2-normalised" if task == "sentence-embedding" else None},
+    )
+    trace, checks = _sample_inputs(encoder, manifest)
+
+    with atomic_output(output) as tmp:
+        step("trace")
+        _torch_export(module, trace, encoder.input_names, output_names, opset, tmp)
+        step("write")
+        _finish_graph(tmp, manifest, encoder.tokenizer_json)
+        step("validate")
+        from edgert.exporters.validate import check_diffs, max_abs_diffs
+
+        session = Session(tmp, options=session_options())
+        diffs = max_abs_diffs(session, module, encoder.input_names, output_names, checks)
+        manifest.validation = {
+            "atol": atol, "max_abs_diff": diffs,
+            "samples": [list(s[encoder.input_names[0]].shape) for s in checks],
+        }
+        check_diffs(diffs, atol)
+        _finish_graph(tmp, manifest, encoder.tokenizer_json)  # now with the measured diffs
+        del session
+    return ExportResult(output, manifest, time.perf_counter() - start)
+
+
+def _quiet_libraries() -> None:
+    """Silence transformers' weight-loading bars and torch.onnx's registration warnings."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import torch.onnx  # noqa: F401  (torch sets its loggers' levels when this is imported)
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def _sample_inputs(encoder, manifest: Manifest) -> tuple[dict, list[dict]]:
+    """Inputs to trace with, and several differently shaped inputs to validate on."""
+    if encoder.tokenizer_json:
+        from edgert.exporters.samples import SAMPLE_SENTENCES
+
+        tokenize = TextTokenizer(encoder.tokenizer_json, max_length=encoder.max_length,
+                                 input_roles=manifest.inputs)
+        trace = tokenize(SAMPLE_SENTENCES[:2])
+        checks = [tokenize(SAMPLE_SENTENCES[2:7]), tokenize(SAMPLE_SENTENCES[7]),
+                  tokenize(SAMPLE_SENTENCES)]
+    else:
+        trace = _random_tokens(encoder, batch=2, seq=9, seed=0)
+        checks = [_random_tokens(encoder, batch=b, seq=s, seed=b) for b, s in ((3, 17), (1, 5))]
+    return trace, checks
+
+
+def _random_tokens(encoder, *, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, encoder.vocab_size, size=(batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    mask[0, seq // 2:] = 0  # one padded row
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in encoder.input_names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    return feeds
+
+
+def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
+                  output_names: list[str], opset: int, path: Path) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(sample[n]) for n in input_names)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic = {n: {0: batch, 1: sequence} for n in input_names}
+    # torch.onnx prints progress lines and warnings of its own; edgert shows its own steps.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
+                              input_names=input_names, output_names=output_names,
+                              dynamic_shapes=dynamic, external_data=False, verbose=False)
+        except Exception as exc:
+            raise EdgertError(f"torch.onnx.export failed: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+
+
+def _finish_graph(path: Path, manifest: Manifest, tokenizer_json: str | None) -> None:
+    """Store manifest and tokenizer in metadata_props and pin the IR version."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[MANIFEST_KEY] = manifest.to_json()
+    if tokenizer_json:
+        props[TOKENIZER_KEY] = tokenizer_json
+    onnx.helper.set_model_props(model, props)
+    # The lowest IR version that carries these opsets: older runtimes refuse newer IRs.
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    model.producer_name, model.producer_version = "edgert", edgert.__version__
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

