@@ -10,6 +10,9 @@ from pathlib import Path
 
 from edgert.errors import OutputPathError
 
+# Temporary outputs being written right now, so a signal handler can remove them.
+PENDING_OUTPUTS: set[Path] = set()
+
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """Return `path` as a Path after checking that its directory exists and is writable."""
@@ -35,11 +38,19 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
     tmp = Path(tmp_name)
+    PENDING_OUTPUTS.add(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        PENDING_OUTPUTS.discard(tmp)
+        remove_pending(tmp)
+
+
+def remove_pending(*paths: Path) -> None:
+    """Delete the given temporary outputs (default: all pending ones), ignoring missing files."""
+    for tmp in paths or tuple(PENDING_OUTPUTS):
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 

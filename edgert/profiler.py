@@ -139,11 +139,11 @@ def _proc_status_mb(key: str) -> float:
 Progress = Callable[[int], None]
 
 
-def _time_runs(session: Session, feeds: dict, count: int, progress: Progress | None) -> list[float]:
+def _time_calls(run: Callable[[], object], count: int, progress: Progress | None) -> list[float]:
     samples = []
     for _ in range(count):
         start = time.perf_counter()
-        session.run_unchecked(feeds)
+        run()
         samples.append(time.perf_counter() - start)
         if progress:
             progress(1)
@@ -177,15 +177,16 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
         start = time.perf_counter()
         session.run_unchecked(feeds)
         first_ms = (time.perf_counter() - start) * 1e3
-        _time_runs(session, feeds, config.warmup, progress)
-        alone = LatencyStats.from_seconds(_time_runs(session, feeds, config.iters, progress))
+        run = lambda: session.run_unchecked(feeds)  # noqa: E731
+        _time_calls(run, config.warmup, progress)
+        alone = LatencyStats.from_seconds(_time_calls(run, config.iters, progress))
         peak = peak_rss_mb()
         results.append(ModelResult(
             path=str(path), latency_ms=alone, alone_latency_ms=alone,
             throughput_per_s=1e3 / alone.mean, items_per_s=config.batch * 1e3 / alone.mean,
             peak_rss_mb=peak, rss_increase_mb=max(0.0, peak - before),
             session_s=session_s, first_ms=first_ms))
-        del session, feeds
+        del session, feeds, run
 
     report = BenchReport(device=",".join(sorted(devices)), config=config, models=results,
                          interleaved=len(paths) > 1)
@@ -207,22 +208,33 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
 def _interleave(paths: Sequence[str], config: BenchConfig, results: list[ModelResult],
                 progress: Progress | None) -> None:
     opened = [_open(p, config)[:2] for p in paths]
-    for session, feeds in opened:
-        _time_runs(session, feeds, config.warmup, progress)
-    block = config.block or max(1, config.iters // 10)
-    samples: list[list[float]] = [[] for _ in paths]
-    round_index = 0
-    while any(len(s) < config.iters for s in samples):
-        # rotate the starting model each round so no model always runs right after another
-        order = [(round_index + k) % len(paths) for k in range(len(paths))]
-        for i in order:
-            count = min(block, config.iters - len(samples[i]))
-            samples[i] += _time_runs(*opened[i], count, progress)
-        round_index += 1
+    runners = [lambda s=session, f=feeds: s.run_unchecked(f) for session, feeds in opened]
+    samples = time_interleaved(runners, iters=config.iters, warmup=config.warmup,
+                               block=config.block, progress=progress)
     for result, s in zip(results, samples):
         result.latency_ms = LatencyStats.from_seconds(s)
         result.throughput_per_s = 1e3 / result.latency_ms.mean
         result.items_per_s = config.batch * result.throughput_per_s
+
+
+def time_interleaved(runners: Sequence[Callable[[], object]], *, iters: int, warmup: int,
+                     block: int | None = None, progress: Progress | None = None
+                     ) -> list[list[float]]:
+    """Warm up each runner, then time `iters` calls of each, alternating in blocks of
+    `block` calls (None: iters // 10) with the starting runner rotated every round.
+    Returns the per-call seconds of each runner."""
+    for run in runners:
+        _time_calls(run, warmup, progress)
+    block = block or max(1, iters // 10)
+    samples: list[list[float]] = [[] for _ in runners]
+    round_index = 0
+    while any(len(s) < iters for s in samples):
+        # rotate the starting runner so none always runs right after the same other one
+        for k in range(len(runners)):
+            i = (round_index + k) % len(runners)
+            samples[i] += _time_calls(runners[i], min(block, iters - len(samples[i])), progress)
+        round_index += 1
+    return samples
 
 
 def total_iterations(num_models: int, config: BenchConfig) -> int:

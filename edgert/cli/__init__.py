@@ -4,6 +4,7 @@ when it runs, so `edgert run` never pays for torch."""
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -40,8 +41,6 @@ class EdgertGroup(click.Group):
             return super().invoke(ctx)
         except EdgertError as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
-            fail("interrupted; nothing was written")
 
 
 def fail(message: str) -> None:
@@ -54,8 +53,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     click.echo(f"Warning: {message}", err=True)
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # run the same cleanup as Ctrl-C: temp files removed, exit 2
+def _interrupted(signum, frame):
+    # Exit from the handler itself: torch.onnx.export retries other capture strategies
+    # when tracing fails and can swallow a KeyboardInterrupt, so raising one is not enough.
+    from edgert._io import remove_pending
+
+    remove_pending()
+    sys.stderr.write("Error: interrupted; nothing was written\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 @click.group(cls=EdgertGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,5 +73,6 @@ def cli() -> None:
 def main() -> None:
     """Console entry point."""
     warnings.showwarning = _one_line_warning
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     cli()
