@@ -87,19 +87,20 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         step("trace")
         _torch_export(module, trace, encoder.input_names, output_names, opset, tmp)
         step("write")
-        _finish_graph(tmp, manifest, encoder.tokenizer_json)
+        graph = _load_and_pin(tmp)
+        _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)
         step("validate")
         from edgert.exporters.validate import check_diffs, max_abs_diffs
 
         session = Session(tmp, options=session_options())
         diffs = max_abs_diffs(session, module, encoder.input_names, output_names, checks)
+        del session
         manifest.validation = {
             "atol": atol, "max_abs_diff": diffs,
             "samples": [list(s[encoder.input_names[0]].shape) for s in checks],
         }
         check_diffs(diffs, atol)
-        _finish_graph(tmp, manifest, encoder.tokenizer_json)  # now with the measured diffs
-        del session
+        _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)  # with the diffs
     return ExportResult(output, manifest, time.perf_counter() - start)
 
 
@@ -163,18 +164,25 @@ def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
 
 
-def _finish_graph(path: Path, manifest: Manifest, tokenizer_json: str | None) -> None:
-    """Store manifest and tokenizer in metadata_props and pin the IR version."""
+def _load_and_pin(path: Path):
+    """Load the exported graph, check it, and pin its IR version and producer."""
     import onnx
 
     model = onnx.load(str(path))
+    # The lowest IR version that carries these opsets: older runtimes refuse newer IRs.
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    model.producer_name, model.producer_version = "edgert", edgert.__version__
+    onnx.checker.check_model(model)
+    return model
+
+
+def _save_with_metadata(model, path: Path, manifest: Manifest, tokenizer_json: str | None) -> None:
+    """Store manifest and tokenizer in metadata_props and write the model to `path`."""
+    import onnx
+
     props = {p.key: p.value for p in model.metadata_props}
     props[MANIFEST_KEY] = manifest.to_json()
     if tokenizer_json:
         props[TOKENIZER_KEY] = tokenizer_json
     onnx.helper.set_model_props(model, props)
-    # The lowest IR version that carries these opsets: older runtimes refuse newer IRs.
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
-    model.producer_name, model.producer_version = "edgert", edgert.__version__
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))

@@ -58,6 +58,7 @@ def minilm_st(tmp_path_factory) -> Path:
 def minilm_fe(tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 exported as feature-extraction through the CLI."""
     path = tmp_path_factory.mktemp("minilm_fe") / "minilm_fe.onnx"
-    result = run_cli("export", "minilm", "-o", str(path), "--task", "feature-extraction")
+    result = run_cli("export", "minilm", "-o", str(path), "--task", "feature-extraction",
+                     "--json", str(path.with_suffix(".json")))
     assert result.returncode == 0, result.stderr
     return path

@@ -62,6 +62,8 @@ def test_inspect_shows_manifest_and_writes_json(minilm_fe, tmp_path):
     info = json.loads(out.read_text())
     assert info["opsets"]["ai.onnx"] == 18 and info["custom_ops"] == []
     assert info["manifest"]["validation"]["max_abs_diff"]["last_hidden_state"] <= 1e-4
+    summary = json.loads(minilm_fe.with_suffix(".json").read_text())  # written by export --json
+    assert summary["manifest"] == info["manifest"] and summary["seconds"] > 0
 
 
 def test_bench_two_models_json(minilm_fe, tiny_model, tmp_path):

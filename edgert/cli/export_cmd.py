@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -21,15 +23,21 @@ STEPS = {"load": "loading model", "trace": "tracing with torch.onnx",
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
               help="Fail if any output differs from torch by more than this.")
-def command(source: str, output: str, task: str | None, opset: int, atol: float) -> None:
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the export summary (manifest, seconds) as JSON.")
+def command(source: str, output: str, task: str | None, opset: int, atol: float,
+            json_path: str | None) -> None:
     """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
     directory) to a validated ONNX graph with dynamic batch and sequence axes.
 
     The tokenizer and a manifest (source, task, opset, validation diffs, head plan)
     travel inside the file.
     """
+    from edgert._io import check_output_path, write_text_atomic
     from edgert.exporters.export import export
 
+    if json_path:
+        check_output_path(json_path)
     console = Console(stderr=True)
     with console.status("exporting") as status:
         result = export(source, output, task=task, opset=opset, atol=atol,
@@ -43,3 +51,7 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float)
     out.print(table)
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
               f"in {result.seconds:.1f} s")
+    if json_path:
+        summary = {"path": str(result.path), "seconds": result.seconds,
+                   "manifest": json.loads(result.manifest.to_json())}
+        write_text_atomic(json_path, json.dumps(summary, indent=1))
