@@ -85,6 +85,12 @@ class ModelResult:
     speedup_vs_first: float = 1.0
     alone_agrees: bool = True
 
+    def set_latency(self, stats: LatencyStats, batch: int) -> None:
+        """Make `stats` the reported latency and derive throughput from it."""
+        self.latency_ms = stats
+        self.throughput_per_s = 1e3 / stats.mean
+        self.items_per_s = batch * self.throughput_per_s
+
 
 @dataclass
 class BenchReport:
@@ -177,16 +183,17 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
         start = time.perf_counter()
         session.run_unchecked(feeds)
         first_ms = (time.perf_counter() - start) * 1e3
-        run = lambda: session.run_unchecked(feeds)  # noqa: E731
-        _time_calls(run, config.warmup, progress)
-        alone = LatencyStats.from_seconds(_time_calls(run, config.iters, progress))
+        (samples,) = time_interleaved([lambda: session.run_unchecked(feeds)], iters=config.iters,
+                                      warmup=config.warmup, progress=progress)
+        alone = LatencyStats.from_seconds(samples)
         peak = peak_rss_mb()
-        results.append(ModelResult(
-            path=str(path), latency_ms=alone, alone_latency_ms=alone,
-            throughput_per_s=1e3 / alone.mean, items_per_s=config.batch * 1e3 / alone.mean,
-            peak_rss_mb=peak, rss_increase_mb=max(0.0, peak - before),
-            session_s=session_s, first_ms=first_ms))
-        del session, feeds, run
+        result = ModelResult(
+            path=str(path), latency_ms=alone, alone_latency_ms=alone, throughput_per_s=0.0,
+            items_per_s=0.0, peak_rss_mb=peak, rss_increase_mb=max(0.0, peak - before),
+            session_s=session_s, first_ms=first_ms)
+        result.set_latency(alone, config.batch)
+        results.append(result)
+        del session, feeds
 
     report = BenchReport(device=",".join(sorted(devices)), config=config, models=results,
                          interleaved=len(paths) > 1)
@@ -212,9 +219,7 @@ def _interleave(paths: Sequence[str], config: BenchConfig, results: list[ModelRe
     samples = time_interleaved(runners, iters=config.iters, warmup=config.warmup,
                                block=config.block, progress=progress)
     for result, s in zip(results, samples):
-        result.latency_ms = LatencyStats.from_seconds(s)
-        result.throughput_per_s = 1e3 / result.latency_ms.mean
-        result.items_per_s = config.batch * result.throughput_per_s
+        result.set_latency(LatencyStats.from_seconds(s), config.batch)
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], *, iters: int, warmup: int,
