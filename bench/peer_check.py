@@ -9,6 +9,13 @@ because optimum-onnx pins transformers < 5. Writes its section of bench/RESULTS.
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads (torch) spin like ONNX Runtime's and slow whatever runs next; set
+# before torch is imported. ONNX Runtime sessions get allow_spinning=0 below, so all
+# contenders wait passively and the interleaved ratios stay fair.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import importlib.metadata as md
 import json
@@ -170,7 +177,7 @@ def main() -> None:
     agreement = {"torch eager (transformers)": "reference"}
     sessions = {}
     for name, (path, output, _) in onnx_models.items():
-        session = Session(path, options=session_options(args.threads))
+        session = Session(path, options=session_options(args.threads, spin=False))
         sessions[name] = session
         feeds = {s.name: held_out[s.name] for s in session.inputs}
         got = session.run(feeds, [output])[output]
@@ -220,8 +227,9 @@ def main() -> None:
 
 def render(sections, agreement, onnx_models, versions, optimum_versions, args, *, optimum_skipped) -> str:
     lines = ["## Peer check: exporting all-MiniLM-L6-v2 (issue 2)", "",
-             f"Machine: {machine()}. ONNX Runtime CPU, {args.threads} intra-op threads; torch eager "
-             f"with torch.set_num_threads({args.threads}). Versions: "
+             f"Machine: {machine()}. ONNX Runtime CPU, {args.threads} intra-op threads, "
+             f"allow_spinning=0; torch eager with torch.set_num_threads({args.threads}), "
+             "OMP_WAIT_POLICY=PASSIVE. Versions: "
              + ", ".join(f"{k} {v}" for k, v in versions.items())
              + (f"; Optimum venv: " + ", ".join(f"{k} {v}" for k, v in optimum_versions.items())
                 if optimum_versions else "") + ".",

@@ -18,6 +18,7 @@ COMMANDS = {
     "run": ("edgert.cli.run_cmd", "Run a model on text or .npz inputs."),
     "bench": ("edgert.cli.bench_cmd", "Profile latency, throughput and memory of models side by side."),
     "inspect": ("edgert.cli.inspect_cmd", "Show a model's signature, ops, parameters and manifest."),
+    "analyze": ("edgert.cli.analyze_cmd", "Analyze activations (outliers) before quantizing."),
 }
 
 

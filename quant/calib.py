@@ -1,0 +1,75 @@
+"""Calibration data: a text file (one example per line, tokenized with the model's own
+tokenizer) or an .npz of named input arrays. Yields one feed dict per example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.session import Session
+
+
+class CalibrationError(EdgertError):
+    """Calibration data is missing, empty, or of the wrong kind for the model."""
+
+
+def load_calibration(path: str | Path, session: Session, *, size: int | None = None
+                     ) -> list[dict[str, np.ndarray]]:
+    """Read up to `size` calibration examples from `path` as feed dicts for `session`
+    (batch 1 each, so padding never enters the activation statistics)."""
+    path = Path(path)
+    if size is not None and size < 1:
+        raise CalibrationError(f"calibration size must be >= 1, got {size}")
+    if not path.exists():
+        raise CalibrationError(f"calibration data not found: {path}")
+    if path.is_dir():
+        raise CalibrationError(f"{path} is a folder; image calibration needs a vision model, "
+                               "and edgert has none yet: give a .txt or .npz file")
+    if path.suffix == ".npz":
+        samples = _npz_samples(path, session)
+    else:
+        samples = _text_samples(path, session, size)
+    if not samples:
+        raise CalibrationError(f"calibration data {path} has no examples")
+    samples = samples[:size] if size else samples
+    for feeds in samples:
+        session.check_inputs(feeds)
+    return samples
+
+
+def _text_samples(path: Path, session: Session, size: int | None) -> list[dict[str, np.ndarray]]:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise CalibrationError(f"{path} is not a UTF-8 text file (one example per line) "
+                               "nor an .npz of input arrays") from None
+    lines = [line for line in lines if line][:size]
+    if not lines:
+        return []
+    try:
+        tokenize = session.tokenizer
+    except EdgertError:
+        raise CalibrationError(f"text calibration needs a model that carries a tokenizer; "
+                               f"{session.path.name} takes {', '.join(session.input_names)}: "
+                               "give an .npz of those arrays instead") from None
+    return [tokenize([line]) for line in lines]
+
+
+def _npz_samples(path: Path, session: Session) -> list[dict[str, np.ndarray]]:
+    """Each array is [N, ...]: example i is every array's slice i, kept as a batch of one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise CalibrationError(f"cannot read {path} as .npz: {exc}") from None
+    missing = [n for n in session.input_names if n not in arrays]
+    if missing:
+        raise CalibrationError(f"{path.name} lacks input {missing[0]!r}; the model takes "
+                               f"{', '.join(session.input_names)}")
+    counts = {len(arrays[n]) for n in session.input_names}
+    if len(counts) != 1:
+        raise CalibrationError(f"{path.name}: arrays disagree on the number of examples ({sorted(counts)})")
+    count = counts.pop()
+    return [{n: arrays[n][i:i + 1] for n in session.input_names} for i in range(count)]
