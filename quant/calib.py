@@ -15,10 +15,14 @@ class CalibrationError(EdgertError):
     """Calibration data is missing, empty, or of the wrong kind for the model."""
 
 
-def load_calibration(path: str | Path, session: Session, *, size: int | None = None
-                     ) -> list[dict[str, np.ndarray]]:
-    """Read up to `size` calibration examples from `path` as feed dicts for `session`
-    (batch 1 each, so padding never enters the activation statistics)."""
+def load_calibration(path: str | Path, session: Session, *, size: int | None = None,
+                     same_length: bool = False) -> list[dict[str, np.ndarray]]:
+    """Read up to `size` calibration examples from `path` as feed dicts for `session`.
+
+    Each example is a batch of one and unpadded, so padding never enters the activation
+    statistics, unless `same_length` (histogram calibrators need equal shapes): then text
+    examples are padded to the longest one.
+    """
     path = Path(path)
     if size is not None and size < 1:
         raise CalibrationError(f"calibration size must be >= 1, got {size}")
@@ -30,7 +34,7 @@ def load_calibration(path: str | Path, session: Session, *, size: int | None = N
     if path.suffix == ".npz":
         samples = _npz_samples(path, session)
     else:
-        samples = _text_samples(path, session, size)
+        samples = _text_samples(path, session, size, same_length)
     if not samples:
         raise CalibrationError(f"calibration data {path} has no examples")
     samples = samples[:size] if size else samples
@@ -39,7 +43,8 @@ def load_calibration(path: str | Path, session: Session, *, size: int | None = N
     return samples
 
 
-def _text_samples(path: Path, session: Session, size: int | None) -> list[dict[str, np.ndarray]]:
+def _text_samples(path: Path, session: Session, size: int | None, same_length: bool
+                  ) -> list[dict[str, np.ndarray]]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
@@ -54,6 +59,9 @@ def _text_samples(path: Path, session: Session, size: int | None) -> list[dict[s
         raise CalibrationError(f"text calibration needs a model that carries a tokenizer; "
                                f"{session.path.name} takes {', '.join(session.input_names)}: "
                                "give an .npz of those arrays instead") from None
+    if same_length:
+        batch = tokenize(lines)
+        return [{name: array[i:i + 1] for name, array in batch.items()} for i in range(len(lines))]
     return [tokenize([line]) for line in lines]
 
 

@@ -56,6 +56,14 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
         console.print(f"validated vs torch: max abs diff {diffs} (atol {validation['atol']:g})")
     console.print(f"tokenizer: {'yes' if has_tokenizer else 'no'}"
                   + (f", max_length {manifest['text']['max_length']}" if manifest.get("text") else ""))
+    quant = (manifest.get("extra") or {}).get("quantization")
+    if quant:
+        acc, cfg = quant["accuracy"], quant["config"]
+        console.print(f"quantization: {cfg['mode']} int8 ({cfg['method']}, target {cfg['target']}), "
+                      f"{len(quant['float_nodes'])} nodes kept in float; cosine to FP32 mean "
+                      f"{acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, SQNR {acc['sqnr_db']:.1f} dB; "
+                      f"{quant['speedup']:.2f}x FP32 at batch {quant['timed_at']['batch']}, "
+                      f"seq {quant['timed_at']['seq']}")
     plan = manifest.get("plan")
     if plan:
         layers = plan["layers"]
