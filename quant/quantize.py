@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from edgert._io import atomic_output, check_output_path
 from edgert.errors import EdgertError
