@@ -44,3 +44,9 @@ class OutputPathError(EdgertError):
 
 class DependencyError(EdgertError):
     """An optional dependency needed for this feature is not installed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name if it has none."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgert.errors import ModelLoadError
+from edgert.errors import ModelLoadError, first_line
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 EDGERT_DOMAIN = "edgert"
@@ -58,7 +58,7 @@ def load_onnx_proto(path: str | Path):
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelLoadError(f"{path} is not a readable ONNX model ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+                             f"{first_line(exc)})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise ModelLoadError(f"{path} is not an ONNX model (no graph or opset)")
     return model

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
-from edgert.errors import EdgertError, InputError, ModelLoadError
+from edgert.errors import EdgertError, InputError, ModelLoadError, first_line
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 ORT_DTYPES = {
@@ -75,8 +75,7 @@ def create_ort_session(path: Path, providers: list[str],
     try:
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types here
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load {path} as an ONNX model: {first_line}") from None
+        raise ModelLoadError(f"cannot load {path} as an ONNX model: {first_line(exc)}") from None
 
 
 class Session:
@@ -167,8 +166,7 @@ class Session:
         try:
             return self._ort.run(list(output_names) if output_names else None, dict(arrays))
         except Exception as exc:  # a value ONNX Runtime rejects, e.g. an out-of-range token id
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"ONNX Runtime rejected the inputs: {first_line}") from None
+            raise InputError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
 
     @property
     def tokenizer(self):

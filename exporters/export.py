@@ -15,7 +15,7 @@ import numpy as np
 
 import edgert
 from edgert._io import atomic_output, check_output_path
-from edgert.errors import EdgertError
+from edgert.errors import EdgertError, first_line
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
 from edgert.session import Session, session_options
 from edgert.text import TextTokenizer
@@ -160,8 +160,7 @@ def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
                               input_names=input_names, output_names=output_names,
                               dynamic_shapes=dynamic, external_data=False, verbose=False)
         except Exception as exc:
-            raise EdgertError(f"torch.onnx.export failed: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+            raise EdgertError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _load_and_pin(path: Path):

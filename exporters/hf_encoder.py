@@ -7,7 +7,7 @@ import json
 import warnings
 from dataclasses import dataclass
 
-from edgert.errors import SourceError
+from edgert.errors import SourceError, first_line
 from edgert.models.zoo import ModelSource
 
 # Families whose forward takes (input_ids, attention_mask[, token_type_ids]) and returns
@@ -38,7 +38,7 @@ def load_encoder(source: ModelSource) -> LoadedEncoder:
     try:
         config = AutoConfig.from_pretrained(source.directory, local_files_only=True)
     except Exception as exc:
-        raise SourceError(f"cannot read config of {source.directory}: {str(exc).splitlines()[0]}") from None
+        raise SourceError(f"cannot read config of {source.directory}: {first_line(exc)}") from None
     if config.model_type not in ENCODER_TYPES:
         raise SourceError(f"model type {config.model_type!r} is not a supported encoder "
                           f"(supported: {', '.join(ENCODER_TYPES)})")
@@ -46,7 +46,7 @@ def load_encoder(source: ModelSource) -> LoadedEncoder:
         model = AutoModel.from_pretrained(source.directory, local_files_only=True,
                                           attn_implementation="eager").eval()
     except Exception as exc:
-        raise SourceError(f"cannot load weights of {source.directory}: {str(exc).splitlines()[0]}") from None
+        raise SourceError(f"cannot load weights of {source.directory}: {first_line(exc)}") from None
     uses_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
     num_heads = config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_heads

@@ -76,13 +76,21 @@ class QuantConfig:
 
 
 @dataclass
+class Attempt:
+    """One quantization try: how many nodes stayed in float, and the accuracy it reached."""
+
+    float_nodes: int
+    accuracy: Accuracy
+
+
+@dataclass
 class QuantResult:
     path: Path
     config: QuantConfig
     float_nodes: list[str]
     accuracy: Accuracy
     speed: SpeedCheck
-    attempts: list[dict] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     heldout: str = ""
 
 
@@ -121,7 +129,7 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
             _quantize(pre, candidate, config, samples, float_nodes)
             quantized = Session(candidate, options=session_options(threads))
             measured = accuracy(reference, quantized, checks)
-            attempts.append({"float_nodes": len(float_nodes), **asdict(measured)})
+            attempts.append(Attempt(len(float_nodes), measured))
             if config.guard is None or measured.value(config.guard.metric) >= config.guard.threshold:
                 break
             if ranking is None:
@@ -129,9 +137,8 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
                 ranking = _sensitivity_ranking(pre, nodes, samples, threads)
             float_nodes = _next_float_nodes(ranking, float_nodes)
             if float_nodes is None or len(attempts) >= MAX_ATTEMPTS:
-                tried = ", ".join(f"{a['float_nodes']} float nodes → {config.guard.metric} "
-                                  f"{Accuracy(a['cosine_mean'], a['cosine_min'], a['sqnr_db']).value(config.guard.metric):.4f}"
-                                  for a in attempts)
+                tried = ", ".join(f"{a.float_nodes} float nodes → {config.guard.metric} "
+                                  f"{a.accuracy.value(config.guard.metric):.4f}" for a in attempts)
                 raise QuantizeError(f"guard {config.guard.metric}>={config.guard.threshold:g} cannot be "
                                     f"met; tried {tried}; nothing written")
         step("timing FP32 vs INT8")

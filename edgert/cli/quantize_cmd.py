@@ -54,8 +54,8 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     for column in ("attempt", "nodes in float", "cosine mean", "cosine min", "SQNR dB"):
         table.add_column(column, justify="right")
     for i, a in enumerate(result.attempts, 1):
-        table.add_row(str(i), str(a["float_nodes"]), f"{a['cosine_mean']:.4f}",
-                      f"{a['cosine_min']:.4f}", f"{a['sqnr_db']:.1f}")
+        table.add_row(str(i), str(a.float_nodes), f"{a.accuracy.cosine_mean:.4f}",
+                      f"{a.accuracy.cosine_min:.4f}", f"{a.accuracy.sqnr_db:.1f}")
     console.print(table)
     console.print(f"held-out data: {result.heldout}")
     if result.float_nodes:
