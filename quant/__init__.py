@@ -1,5 +1,3 @@
-"""INT8 quantization (calibration readers, QDQ, accuracy guard, outlier statistics).
-
-Nothing here yet: `edgert quantize` is the next issue. The package exists so the
-`edgert.quant` namespace is laid out as DESIGN.md describes.
-"""
+"""INT8 quantization: calibration readers (`calib`), activation outlier statistics
+(`outliers`), quantization with an accuracy guard (`quantize`) and its FP32 comparison
+(`evaluate`). Built on onnxruntime.quantization; no torch."""

@@ -51,7 +51,7 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
 
 
 def outlier_table(stats, title: str) -> Table:
-    """A table of TensorStats rows (shared with `edgert quantize`)."""
+    """A table of TensorStats rows, worst first as given."""
     table = Table(title=title)
     for column in ("tensor", "op", "module", "max |x|", "kurtosis", "SQNR dB"):
         table.add_column(column, justify="left" if column in ("tensor", "op", "module") else "right")
