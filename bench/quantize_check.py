@@ -24,6 +24,7 @@ from results import machine, write_section  # noqa: E402
 from edgert.exporters import export  # noqa: E402
 from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.calib import load_calibration  # noqa: E402
+from edgert.quant.fuse import fuse_for_ort_cpu  # noqa: E402
 from edgert.quant.quantize import BUNDLED, Guard, QuantConfig, quantize_model  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402
 from edgert.synth import synthesize_inputs  # noqa: E402
@@ -83,6 +84,8 @@ def main() -> None:
     for label, config in (
         ("edgert dynamic per-channel, guard cosine>=0.99", QuantConfig(mode="dynamic", guard=guard,
                                                                           calib_size=args.calib_size)),
+        ("edgert dynamic per-channel, --no-fuse", QuantConfig(mode="dynamic", fuse=False,
+                                                               calib_size=args.calib_size)),
         ("edgert static U8S8 per-channel, guard cosine>=0.99", QuantConfig(mode="static", guard=guard,
                                                                               calib_size=args.calib_size)),
         ("edgert static U8S8 per-channel, no guard", QuantConfig(mode="static", calib_size=args.calib_size)),
@@ -91,6 +94,12 @@ def main() -> None:
         result = quantize_model(fp32, WORK / f"edgert_{len(models)}.onnx", config, threads=args.threads)
         models[label] = result.path
         notes[label] = f"{len(result.float_nodes)} nodes kept in float"
+        if any(result.fused.values()):
+            notes[label] += "; fused " + ", ".join(f"{n} {op}" for op, n in result.fused.items())
+    fused_fp32 = WORK / "edgert_st_fused_fp32.onnx"
+    fuse_for_ort_cpu(fp32, fused_fp32)
+    models["FP32, fused as edgert quantize fuses (no INT8)"] = fused_fp32
+    notes["FP32, fused as edgert quantize fuses (no INT8)"] = "how much of the speedup is fusion alone"
     models.update(ort_defaults(fp32, calib_samples))
     optimum_fp32 = optimum_export("sentence_transformers", WORK)
     if optimum_fp32:

@@ -61,7 +61,11 @@ class SpeedCheck:
 
 def speed_check(reference: Session, candidate: Session, *, batch: int = 1, seq: int = 128,
                 iters: int = 50, warmup: int = 5) -> SpeedCheck:
-    """Time FP32 and INT8 interleaved in blocks in this process (same synthetic inputs)."""
+    """Time FP32 and INT8 interleaved in blocks in this process (same synthetic inputs).
+
+    Give sessions made with spin=False: two spinning thread pools taking turns on the same
+    cores slow each other down.
+    """
     feeds = reference.check_inputs(synthesize_inputs(reference, batch=batch, seq=seq))
     q_feeds = candidate.check_inputs(feeds)
     fp32, int8 = time_interleaved([lambda: reference.run_unchecked(feeds),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY
 from edgert.quant.calib import load_calibration
 from edgert.quant.evaluate import METRICS, Accuracy, SpeedCheck, accuracy, speed_check
+from edgert.quant.outliers import TensorStats, activation_stats
 from edgert.session import Session, session_options
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -27,6 +29,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 OP_TYPES = ("MatMul", "Gemm", "Conv")
 MODES, METHODS, TARGETS = ("static", "dynamic"), ("minmax", "entropy", "percentile"), ("cpu", "tensorrt")
 MAX_ATTEMPTS = 16
+OUTLIER_SAMPLES = 32  # enough for stable max/kurtosis ranks; the full set costs minutes
 
 
 class QuantizeError(EdgertError):
@@ -63,6 +66,7 @@ class QuantConfig:
     target: str = "cpu"
     calib_size: int = 128
     guard: Guard | None = None
+    fuse: bool = True  # attention/LayerNorm/GELU fusions for ONNX Runtime CPU (target cpu only)
 
     def check(self) -> None:
         for name, value, allowed in (("mode", self.mode, MODES), ("method", self.method, METHODS),
@@ -92,6 +96,8 @@ class QuantResult:
     speed: SpeedCheck
     attempts: list[Attempt] = field(default_factory=list)
     heldout: str = ""
+    fused: dict[str, int] = field(default_factory=dict)
+    outliers: list[TensorStats] = field(default_factory=list)  # worst fake-INT8 SQNR first
 
 
 Step = Callable[[str], None]
@@ -104,7 +110,7 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     step = on_step or (lambda _: None)
     config.check()
     output = check_output_path(output)
-    reference = Session(model, options=session_options(threads))
+    reference = Session(model, options=session_options(threads, spin=False))
     proto = load_onnx_proto(model)
     already = sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS)
     if already:
@@ -119,22 +125,27 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         pre = Path(work) / "pre.onnx"
         step("pre-processing")
         _preprocess(model, pre)
+        step("activation outliers")
+        outliers = activation_stats(pre, samples[:OUTLIER_SAMPLES], threads=threads)
+        fused: dict[str, int] = {}
+        if config.fuse and config.target == "cpu":
+            step("fusing attention for ONNX Runtime CPU")
+            fused = _fuse(pre, Path(work) / "fused.onnx")
+            if any(fused.values()):
+                pre = Path(work) / "fused.onnx"
         nodes = load_onnx_proto(pre).graph.node
         float_nodes = _resolve_excludes(config.exclude, nodes)
-        ranking: list[tuple[str, list[str]]] | None = None
+        ranking = _sensitivity_ranking(nodes, outliers)
         attempts = []
         candidate = Path(work) / "int8.onnx"
         while True:
             step(f"quantizing ({len(float_nodes)} nodes in float)")
             _quantize(pre, candidate, config, samples, float_nodes)
-            quantized = Session(candidate, options=session_options(threads))
+            quantized = Session(candidate, options=session_options(threads, spin=False))
             measured = accuracy(reference, quantized, checks)
             attempts.append(Attempt(len(float_nodes), measured))
             if config.guard is None or measured.value(config.guard.metric) >= config.guard.threshold:
                 break
-            if ranking is None:
-                step("ranking activations by INT8 error")
-                ranking = _sensitivity_ranking(pre, nodes, samples, threads)
             float_nodes = _next_float_nodes(ranking, float_nodes)
             if float_nodes is None or len(attempts) >= MAX_ATTEMPTS:
                 tried = ", ".join(f"{a.float_nodes} float nodes → {config.guard.metric} "
@@ -145,7 +156,8 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         speed = speed_check(reference, quantized)
         del quantized
         result = QuantResult(output, config, float_nodes, measured, speed, attempts,
-                             heldout=str(heldout) if heldout else f"{calib} (calibration data)")
+                             heldout=str(heldout) if heldout else f"{calib} (calibration data)",
+                             fused=fused, outliers=outliers)
         _write(candidate, output, proto, result)
     return result
 
@@ -214,17 +226,26 @@ def _quantize(pre: Path, out: Path, config: QuantConfig, samples, float_nodes: l
                        "DedicatedQDQPair": True} if tensorrt else {})
 
 
-def _sensitivity_ranking(pre: Path, nodes, samples, threads) -> list[tuple[str, list[str]]]:
-    """Activation inputs of quantizable nodes, worst fake-INT8 SQNR first, each with the
-    nodes that consume it."""
-    from edgert.quant.outliers import activation_stats
+def _fuse(pre: Path, out: Path) -> dict[str, int]:
+    """Fuse for ONNX Runtime CPU when onnxscript is installed (it comes with edgert[export])."""
+    try:
+        from edgert.quant.fuse import fuse_for_ort_cpu
+    except ImportError:
+        warnings.warn("onnxscript is not installed (pip install 'edgert[export]'), so attention "
+                      "is not fused; the INT8 model will be slower", stacklevel=2)
+        return {}
+    return fuse_for_ort_cpu(pre, out)
 
+
+def _sensitivity_ranking(nodes, stats: list[TensorStats]) -> list[tuple[str, list[str]]]:
+    """Activation inputs of quantizable nodes, worst fake-INT8 SQNR first, each with the
+    nodes that consume it. Fusion keeps the names of the tensors that feed MatMuls, so
+    statistics taken on the unfused graph rank the fused graph's nodes."""
     consumers: dict[str, list[str]] = {}
     for node in nodes:
         if node.op_type in OP_TYPES:
             for tensor in node.input[:2]:
                 consumers.setdefault(tensor, []).append(node.name)
-    stats = activation_stats(pre, samples[:32], threads=threads)
     return [(s.name, consumers[s.name]) for s in stats if s.name in consumers]
 
 
@@ -253,6 +274,7 @@ def _write(candidate: Path, output: Path, original, result: QuantResult) -> None
         "heldout": result.heldout, "speedup": result.speed.speedup,
         "fp32_p50_ms": result.speed.fp32_ms.p50, "int8_p50_ms": result.speed.int8_ms.p50,
         "timed_at": {"batch": result.speed.batch, "seq": result.speed.seq},
+        "fused": result.fused,
     }
     if MANIFEST_KEY in props:
         manifest = Manifest.from_json(props[MANIFEST_KEY])

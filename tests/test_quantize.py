@@ -87,9 +87,13 @@ def test_cli_quantizes_minilm_with_builtin_data(minilm_st, tmp_path):
                      "--guard", "cosine>=0.9", "--threads", "2")
     assert result.returncode == 0, result.stderr
     assert "minilm_heldout.txt" in result.stdout and "FP32" in result.stdout
+    assert "activation outliers" in result.stdout and "kurtosis" in result.stdout
     session = edgert.load(out)
     record = session.manifest.extra["quantization"]
     assert record["accuracy"]["cosine_mean"] >= 0.9 and record["speedup"] > 0
+    assert record["fused"] == {"MultiHeadAttention": 6, "SkipLayerNormalization": 12, "BiasGelu": 6}
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"MultiHeadAttention", "DynamicQuantizeMatMul"} <= ops or {"MultiHeadAttention", "MatMulInteger"} <= ops
     assert session.run_text(["still embeds text"])["sentence_embedding"].shape == (1, 384)
     inspected = run_cli("inspect", str(out))
     assert "quantization: dynamic" in inspected.stdout
@@ -107,3 +111,24 @@ def test_cli_quantize_errors(tiny_model, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_fusion_keeps_outputs_and_projection_names(minilm_st, tmp_path):
+    from edgert.quant.fuse import fuse_for_ort_cpu
+
+    fused = tmp_path / "fused.onnx"
+    counts = fuse_for_ort_cpu(minilm_st, fused)
+    assert counts == {"MultiHeadAttention": 6, "SkipLayerNormalization": 12, "BiasGelu": 6}
+    before = {n.name for n in onnx.load(str(minilm_st)).graph.node if n.op_type == "MatMul"}
+    after = {n.name for n in onnx.load(str(fused)).graph.node if n.op_type == "MatMul"}
+    assert len(after) == 36 and after <= before  # the Q/K/V/O/FFN projections, still quantizable
+    a, b = edgert.load(minilm_st), edgert.load(fused)
+    texts = ["fusion must not change the embedding", "short"]
+    want = a.run_text(texts)["sentence_embedding"]
+    assert np.abs(b.run_text(texts)["sentence_embedding"] - want).max() < 1e-4
+
+
+def test_fusion_of_a_graph_without_attention_is_a_no_op(tiny_model, tiny_calib, tmp_path):
+    result = quantize_model(tiny_model, tmp_path / "int8.onnx", QuantConfig(mode="dynamic"), calib=tiny_calib)
+    assert not any(result.fused.values())
+    assert result.outliers and result.outliers[0].sqnr_db <= result.outliers[-1].sqnr_db

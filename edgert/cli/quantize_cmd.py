@@ -31,24 +31,36 @@ from edgert.errors import EdgertError
               help="tensorrt: symmetric int8 activations and weights in QDQ form.")
 @click.option("--guard", default=None, metavar="METRIC>=VALUE",
               help="e.g. cosine>=0.99 or sqnr>=20: keep sensitive nodes in float until it holds.")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="Target cpu: fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime "
+                   "CPU kernels (com.microsoft ops) before quantizing.")
+@click.option("--report", "report_rows", type=int, default=10, show_default=True,
+              help="Print this many worst activation tensors of the outlier report (0: none).")
 @click.option("--threads", type=int, default=None)
 def command(model: str, output: str, int8: bool, mode: str, calib: str | None, calib_size: int,
             heldout: str | None, method: str, per_channel: bool, exclude: tuple[str, ...],
-            target: str, guard: str | None, threads: int | None) -> None:
+            target: str, guard: str | None, fuse: bool, report_rows: int, threads: int | None) -> None:
     """Quantize MODEL to INT8 with ONNX Runtime, check accuracy on held-out data against
     FP32, and time FP32 vs INT8 side by side."""
+    from edgert.cli.analyze_cmd import outlier_table
     from edgert.quant.quantize import Guard, QuantConfig, quantize_model
 
     if not int8:
         raise EdgertError("say which precision: --int8 (the only one supported)")
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
-                         target=target, calib_size=calib_size,
+                         target=target, calib_size=calib_size, fuse=fuse,
                          guard=Guard.parse(guard) if guard else None)
     err = Console(stderr=True)
     with err.status("quantizing") as status:
         result = quantize_model(model, output, config, calib=calib, heldout=heldout,
                                 threads=threads, on_step=status.update)
     console = Console()
+    if report_rows > 0:
+        console.print(outlier_table(result.outliers[:report_rows],
+                                    f"activation outliers (worst {report_rows} of {len(result.outliers)} "
+                                    "by fake-INT8 SQNR; `edgert analyze outliers` for all)"))
+    if any(result.fused.values()):
+        console.print("fused for ONNX Runtime CPU: " + ", ".join(f"{n} {op}" for op, n in result.fused.items()))
     table = Table(title=f"INT8 ({mode}, {method}, {'per-channel' if per_channel else 'per-tensor'}, "
                         f"target {target}) vs FP32")
     for column in ("attempt", "nodes in float", "cosine mean", "cosine min", "SQNR dB"):
