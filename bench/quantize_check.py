@@ -23,9 +23,9 @@ from results import machine, write_section  # noqa: E402
 
 from edgert.exporters import export  # noqa: E402
 from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
-from edgert.quant.calib import load_calibration  # noqa: E402
+from edgert.quant.calib import BUNDLED, load_calibration  # noqa: E402
 from edgert.quant.fuse import fuse_for_ort_cpu  # noqa: E402
-from edgert.quant.quantize import BUNDLED, Guard, QuantConfig, quantize_model  # noqa: E402
+from edgert.quant.quantize import Guard, QuantConfig, quantize_model  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402
 from edgert.synth import synthesize_inputs  # noqa: E402
 

@@ -16,6 +16,7 @@ import numpy as np
 import edgert
 from edgert._io import atomic_output, check_output_path
 from edgert.errors import EdgertError, first_line
+from edgert.exporters.custom_ops import attach_functions
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
 from edgert.session import Session, session_options
 from edgert.text import TextTokenizer
@@ -40,13 +41,17 @@ class ExportResult:
 
 
 def export(source: str, output: str | os.PathLike, *, task: str | None = None,
-           opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+           opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, transform=None,
+           calib: str | os.PathLike | None = None, calib_size: int = 64,
            on_step: Step | None = None) -> ExportResult:
     """Export `source` (a built-in name or a Hugging Face directory) to `output`.
 
     task: feature-extraction or sentence-embedding (None: the model's default, else
-    feature-extraction). The graph is validated against torch on sample inputs and only
-    written if every output agrees within `atol`.
+    feature-extraction). transform: an exporters.heads.Transform (plan, pruning, GQA,
+    softmax) applied to the attention heads first; calib: its calibration data (.txt or
+    .npz; default: the built-in model's set). Gate weights in the checkpoint turn on gated
+    attention. The graph is validated against the (transformed) torch model on sample
+    inputs and only written if every output agrees within `atol`.
     """
     from edgert.exporters.hf_encoder import load_encoder
     from edgert.models.zoo import resolve_source
@@ -65,6 +70,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     if task not in TASKS:
         raise EdgertError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     encoder = load_encoder(model_source)
+    plan = _transform_heads(encoder, model_source, task, transform, calib, calib_size, step)
 
     from edgert.models.encoders import TASK_OUTPUTS, EncoderExport
 
@@ -77,7 +83,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         dims={"batch": "batch", "sequence": "sequence"},
         text={"max_length": encoder.max_length, "vocab_size": encoder.vocab_size}
         if encoder.tokenizer_json else None,
-        plan=HeadPlan.full(encoder.num_layers, encoder.num_heads, head_dim=encoder.head_dim),
+        plan=plan,
         extra={"model_type": encoder.model_type,
                "pooling": "mean, l2-normalised" if task == "sentence-embedding" else None},
     )
@@ -88,6 +94,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         _torch_export(module, trace, encoder.input_names, output_names, opset, tmp)
         step("write")
         graph = _load_and_pin(tmp)
+        manifest.extra["custom_ops"] = sorted({n.op_type for n in graph.graph.node if n.domain == "edgert"})
         _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)
         step("validate")
         from edgert.exporters.validate import check_diffs, max_abs_diffs
@@ -102,6 +109,57 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         check_diffs(diffs, atol)
         _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)  # with the diffs
     return ExportResult(output, manifest, time.perf_counter() - start)
+
+
+class _TorchInputs:
+    """What load_calibration needs to know about a model that is not in ONNX yet."""
+
+    def __init__(self, encoder, manifest_inputs: dict[str, str], name: str):
+        self.input_names = list(encoder.input_names)
+        self.path = Path(name)
+        self._encoder, self._roles = encoder, manifest_inputs
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if not self._encoder.tokenizer_json:
+            raise EdgertError("this model has no tokenizer")
+        return TextTokenizer(self._encoder.tokenizer_json, max_length=self._encoder.max_length,
+                             input_roles=self._roles)
+
+    def check_inputs(self, feeds):
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise EdgertError(f"calibration data lacks input {missing[0]!r}")
+        return {n: np.asarray(feeds[n], dtype=np.int64) for n in self.input_names}
+
+
+def _transform_heads(encoder, model_source, task: str, transform, calib, calib_size: int,
+                     step: Step) -> HeadPlan:
+    """Apply `transform` (and checkpoint gates) to encoder.model in place; return the plan."""
+    from edgert.exporters.heads import apply_transform, read_gates
+
+    gates = read_gates(model_source.directory, encoder.num_layers)
+    if transform is None and gates is None:
+        return HeadPlan.full(encoder.num_layers, encoder.num_heads, head_dim=encoder.head_dim)
+    from edgert.exporters.heads import Transform
+
+    transform = transform or Transform()
+    transform.check()
+    samples = []
+    if transform.needs_calibration:
+        from edgert.quant.calib import BUNDLED, load_calibration
+
+        if calib is None and model_source.name not in BUNDLED:
+            raise EdgertError("pruning by importance and svd grouping need calibration data: give --calib PATH")
+        calib = calib or BUNDLED[model_source.name][0]
+        step("calibration")
+        samples = load_calibration(calib, _TorchInputs(encoder, {n: n for n in encoder.input_names},
+                                                       model_source.name), size=calib_size)
+    step("heads")
+    from edgert.exporters.heads import encoder_loss
+
+    loss = encoder_loss(encoder.model, task, "token_type_ids" in encoder.input_names)
+    return apply_transform(encoder.model, transform, samples, loss=loss, gates=gates)
 
 
 def _quiet_libraries() -> None:
@@ -149,6 +207,8 @@ def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
                   output_names: list[str], opset: int, path: Path) -> None:
     import torch
 
+    from edgert.exporters.custom_ops import translation_table
+
     args = tuple(torch.from_numpy(sample[n]) for n in input_names)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic = {n: {0: batch, 1: sequence} for n in input_names}
@@ -158,7 +218,8 @@ def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
         try:
             torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
                               input_names=input_names, output_names=output_names,
-                              dynamic_shapes=dynamic, external_data=False, verbose=False)
+                              dynamic_shapes=dynamic, external_data=False, verbose=False,
+                              custom_translation_table=translation_table())
         except Exception as exc:
             raise EdgertError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from None
 
@@ -169,8 +230,9 @@ def _load_and_pin(path: Path):
 
     model = onnx.load(str(path))
     # The lowest IR version that carries these opsets: older runtimes refuse newer IRs.
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     model.producer_name, model.producer_version = "edgert", edgert.__version__
+    attach_functions(model)  # bodies of edgert ops, so plain ONNX Runtime runs them
     onnx.checker.check_model(model)
     return model
 

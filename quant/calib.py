@@ -10,6 +10,10 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.session import Session
 
+DATA = Path(__file__).resolve().parent / "data"
+# Built-in model name -> (calibration set, held-out set), written in the repo.
+BUNDLED = {"minilm": (DATA / "minilm_calib.txt", DATA / "minilm_heldout.txt")}
+
 
 class CalibrationError(EdgertError):
     """Calibration data is missing, empty, or of the wrong kind for the model."""
@@ -17,7 +21,8 @@ class CalibrationError(EdgertError):
 
 def load_calibration(path: str | Path, session: Session, *, size: int | None = None,
                      same_length: bool = False) -> list[dict[str, np.ndarray]]:
-    """Read up to `size` calibration examples from `path` as feed dicts for `session`.
+    """Read up to `size` calibration examples from `path` as feed dicts for `session`
+    (a Session, or anything with its input_names, tokenizer, check_inputs and path).
 
     Each example is a batch of one and unpadded, so padding never enters the activation
     statistics, unless `same_length` (histogram calibrators need equal shapes): then text

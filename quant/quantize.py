@@ -16,13 +16,11 @@ from edgert._io import atomic_output, check_output_path
 from edgert.errors import EdgertError
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY
-from edgert.quant.calib import load_calibration
+from edgert.quant.calib import BUNDLED, load_calibration
 from edgert.quant.evaluate import METRICS, Accuracy, SpeedCheck, accuracy, speed_check
 from edgert.quant.outliers import TensorStats, activation_stats
 from edgert.session import Session, session_options
 
-DATA = Path(__file__).resolve().parent / "data"
-BUNDLED = {"minilm": (DATA / "minilm_calib.txt", DATA / "minilm_heldout.txt")}
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                  "QLinearMatMul", "QLinearConv", "ConvInteger", "DynamicQuantizeMatMul",
                  "MatMulIntegerToFloat", "QAttention", "QGemm"}

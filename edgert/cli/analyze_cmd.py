@@ -58,3 +58,96 @@ def outlier_table(stats, title: str) -> Table:
     for s in stats:
         table.add_row(s.name, s.op_type, s.where, f"{s.max_abs:.3g}", f"{s.kurtosis:.1f}", f"{s.sqnr_db:.1f}")
     return table
+
+
+@command.command("heads")
+@click.argument("source")
+@click.option("--calib", "calib_path", type=click.Path(), default=None,
+              help="Calibration data (.txt or .npz). Default: the built-in model's set.")
+@click.option("--calib-size", type=int, default=64, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the resulting HeadPlan JSON here (for `edgert export --plan`).")
+@click.option("--prune", type=float, default=None, metavar="FRACTION",
+              help="Drop this fraction of all heads, least important first.")
+@click.option("--keep-per-layer", default=None, metavar="N,N,...",
+              help="Keep this many of the most important heads in each layer (0 skips the layer's attention).")
+@click.option("--random", "random_seed", type=int, default=None, metavar="SEED",
+              help="Score heads at random instead (the baseline importance must beat).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the per-head scores as JSON.")
+def heads(source: str, calib_path: str | None, calib_size: int, output: str | None, prune: float | None,
+          keep_per_layer: str | None, random_seed: int | None, json_path: str | None) -> None:
+    """Score every attention head of SOURCE (a built-in name or a Hugging Face directory) by
+    the mask-gradient importance of Michel et al. (2019), normalised per layer then globally,
+    and optionally turn the scores into a pruning plan."""
+    from edgert._io import check_output_path, write_text_atomic
+    from edgert.errors import PlanError
+    from edgert.exporters.heads import (head_importance, identity_plan, load_for_heads,
+                                        random_scores)
+    from edgert.models.adapters import adapt
+    from edgert.models.transforms import prune_by_score, prune_plan
+
+    if prune is not None and keep_per_layer is not None:
+        raise PlanError("give --prune or --keep-per-layer, not both")
+    for path in (output, json_path):
+        if path:
+            check_output_path(path)
+    model, samples, loss = load_for_heads(source, calib_path, calib_size)
+    plan = identity_plan(model)
+    counts = _parse_counts(keep_per_layer, plan) if keep_per_layer else None
+    if prune is not None and not 0 <= prune < 1:
+        raise PlanError(f"--prune must lie in [0, 1) (pruning every head leaves no model), got {prune:g}")
+    if random_seed is not None:
+        scores = random_scores(plan, random_seed)
+    else:
+        adapt(model)
+        columns = (TextColumn("scoring heads"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("heads", total=len(samples))
+            scores = head_importance(model, samples, loss, progress=lambda n: progress.advance(task, n))
+    if prune is not None:
+        plan = prune_by_score(plan, scores, prune)
+    elif counts is not None:
+        keep = [sorted(sorted(range(len(row)), key=lambda h: -row[h])[:n]) for row, n in zip(scores, counts)]
+        plan = prune_plan(plan, keep)
+    Console().print(_scores_table(scores, plan, "random head scores" if random_seed is not None else
+                                  f"head importance over {len(samples)} examples"))
+    Console().print("heads kept per layer: " + ", ".join(str(len(layer.kept_heads)) for layer in plan.layers)
+                    + f" ({plan.kept_heads} of {plan.original_heads})")
+    if output:
+        plan.save(output)
+        Console().print(f"wrote {output}: {plan.kept_heads} of {plan.original_heads} heads kept")
+    if json_path:
+        write_text_atomic(json_path, json.dumps({"scores": scores.tolist()}, indent=1))
+
+
+def _parse_counts(text: str, plan) -> list[int]:
+    from edgert.errors import PlanError
+
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise PlanError(f"--keep-per-layer takes comma-separated integers, got {text!r}") from None
+    if len(counts) != len(plan.layers):
+        raise PlanError(f"--keep-per-layer needs {len(plan.layers)} counts (one per layer), got {len(counts)}")
+    heads = plan.layers[0].num_heads
+    if any(not 0 <= n <= heads for n in counts):
+        raise PlanError(f"--keep-per-layer counts must lie in [0, {heads}]")
+    if sum(counts) == 0:
+        raise PlanError("--keep-per-layer keeps no head at all; nothing would be left")
+    return counts
+
+
+def _scores_table(scores, plan, title: str) -> Table:
+    """One row per layer, one column per head, scores x 100; pruned heads are marked `-`."""
+    from rich import box
+
+    table = Table(title=f"{title} (x 100; -: pruned by the plan)", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)
+    table.add_column("layer", justify="right", min_width=5, no_wrap=True)
+    for h in range(scores.shape[1]):
+        table.add_column(str(h), justify="right", min_width=3, no_wrap=True)
+    for i, (row, layer) in enumerate(zip(scores, plan.layers)):
+        cells = [("" if h in layer.kept_heads else "-") + f"{100 * v:.0f}" for h, v in enumerate(row)]
+        table.add_row(str(i), *cells)
+    return table

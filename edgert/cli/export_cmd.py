@@ -10,7 +10,8 @@ from rich.table import Table
 
 from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, TASKS
 
-STEPS = {"load": "loading model", "trace": "tracing with torch.onnx",
+STEPS = {"load": "loading model", "calibration": "reading calibration data",
+         "heads": "transforming attention heads", "trace": "tracing with torch.onnx",
          "write": "writing graph, manifest and tokenizer", "validate": "validating against torch"}
 
 
@@ -23,9 +24,25 @@ STEPS = {"load": "loading model", "trace": "tracing with torch.onnx",
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
               help="Fail if any output differs from torch by more than this.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="A HeadPlan JSON (from `edgert analyze heads` or written by hand).")
+@click.option("--prune", type=float, default=None, metavar="FRACTION",
+              help="Drop this fraction of all heads, least important first (mask-gradient score).")
+@click.option("--kv-heads", type=int, default=None,
+              help="Group each layer's query heads onto this many kv heads (MHA -> GQA).")
+@click.option("--gqa-method", default="mean", show_default=True, metavar="mean|svd",
+              help="How grouped K/V projections are merged: mean pooling, or SVD of calibration activations.")
+@click.option("--softmax", "softmax_spec", default=None, metavar="standard|clipped:GAMMA,ZETA",
+              help="Attention softmax, e.g. clipped:-0.025,1 (exported as the edgert ClippedSoftmax op).")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
+                   "Default: the built-in model's set.")
+@click.option("--calib-size", type=int, default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the export summary (manifest, seconds) as JSON.")
 def command(source: str, output: str, task: str | None, opset: int, atol: float,
+            plan_path: str | None, prune: float | None, kv_heads: int | None, gqa_method: str,
+            softmax_spec: str | None, calib: str | None, calib_size: int,
             json_path: str | None) -> None:
     """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
     directory) to a validated ONNX graph with dynamic batch and sequence axes.
@@ -38,10 +55,19 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
 
     if json_path:
         check_output_path(json_path)
+    transform = None
+    if plan_path or prune is not None or kv_heads is not None or softmax_spec:
+        from edgert.exporters.heads import Transform, parse_softmax
+        from edgert.plan import HeadPlan
+
+        transform = Transform(plan=HeadPlan.load(plan_path) if plan_path else None, prune=prune,
+                              kv_heads=kv_heads, gqa_method=gqa_method,
+                              softmax=parse_softmax(softmax_spec) if softmax_spec else None)
+        transform.check()
     console = Console(stderr=True)
     with console.status("exporting") as status:
-        result = export(source, output, task=task, opset=opset, atol=atol,
-                        on_step=lambda s: status.update(STEPS[s]))
+        result = export(source, output, task=task, opset=opset, atol=atol, transform=transform,
+                        calib=calib, calib_size=calib_size, on_step=lambda s: status.update(STEPS[s]))
     table = Table(title=f"validation against torch (atol {atol:g})")
     table.add_column("output")
     table.add_column("max abs diff", justify="right")
@@ -49,9 +75,29 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
         table.add_row(name, f"{diff:.3g}")
     out = Console()
     out.print(table)
+    plan = result.manifest.plan
+    if plan.kept_heads != plan.original_heads or any(
+            layer.num_kv_heads != len(layer.kept_heads) or layer.softmax.kind != "standard" or layer.gated
+            for layer in plan.layers):
+        out.print(plan_table(plan))
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
               f"in {result.seconds:.1f} s")
     if json_path:
         summary = {"path": str(result.path), "seconds": result.seconds,
                    "manifest": json.loads(result.manifest.to_json())}
         write_text_atomic(json_path, json.dumps(summary, indent=1))
+
+
+def plan_table(plan) -> Table:
+    """Per layer: heads kept of the original, kv heads, softmax, gate."""
+    table = Table(title=f"head plan: {plan.kept_heads} of {plan.original_heads} heads kept")
+    for column in ("layer", "heads kept", "kv heads", "softmax", "gated", "pruned heads"):
+        table.add_column(column, justify="left" if column in ("softmax", "pruned heads") else "right",
+                         no_wrap=column == "softmax")
+    for i, layer in enumerate(plan.layers):
+        softmax = layer.softmax.kind if layer.softmax.kind == "standard" else (
+            f"clipped({layer.softmax.gamma:g},{layer.softmax.zeta:g})")
+        table.add_row(str(i), f"{len(layer.kept_heads)}/{layer.num_heads}", str(layer.num_kv_heads),
+                      softmax, "yes" if layer.gated else "no",
+                      ",".join(str(h) for h in range(layer.num_heads) if h not in layer.kept_heads))
+    return table

@@ -1,0 +1,101 @@
+"""The ONNX side of edgert's custom ops (DESIGN.md, "Custom ops").
+
+Each op becomes one node in domain `edgert` carrying plugin_namespace="edgert" (so TensorRT can
+bind a plugin of the same name), plus a model-local FunctionProto of the same name whose body
+is standard ONNX, so plain ONNX Runtime runs the graph by inlining it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+DOMAIN = "edgert"
+PLUGIN_NAMESPACE = "edgert"
+OP_VERSION = 1
+CLIPPED_SOFTMAX = "ClippedSoftmax"  # not a standard ONNX op name: TensorRT looks up built-ins by name only
+
+
+def register_schemas() -> None:
+    """Register the edgert ops with onnx so onnxscript and the checker know their signatures."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has(CLIPPED_SOFTMAX, DOMAIN):
+        return
+    float_attr = OpSchema.AttrType.FLOAT
+    onnx.defs.register_schema(OpSchema(
+        CLIPPED_SOFTMAX, DOMAIN, OP_VERSION,
+        doc="clip((zeta - gamma) * softmax(scores, axis=-1) + gamma, 0, 1)",
+        inputs=[OpSchema.FormalParameter("scores", "T")],
+        outputs=[OpSchema.FormalParameter("probs", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+        attributes=[OpSchema.Attribute("gamma", float_attr, "lower stretch, < 0"),
+                    OpSchema.Attribute("zeta", float_attr, "upper stretch, >= 1"),
+                    OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace")],
+    ))
+
+
+def translation_table() -> dict[object, Callable]:
+    """torch op → onnxscript function emitting the edgert node, for torch.onnx.export."""
+    import onnxscript
+    import torch
+
+    import edgert.models.ops  # noqa: F401  (registers torch.ops.edgert.*)
+
+    register_schemas()
+    edgert_ops = onnxscript.values.Opset(DOMAIN, OP_VERSION)
+
+    def clipped_softmax(scores, gamma: float, zeta: float):
+        return edgert_ops.ClippedSoftmax(scores, gamma=gamma, zeta=zeta, plugin_namespace=PLUGIN_NAMESPACE)
+
+    return {torch.ops.edgert.clipped_softmax.default: clipped_softmax}
+
+
+def clipped_softmax_function(opset: int):
+    """ClippedSoftmax's body in standard ONNX (default-domain `opset`, which must equal the model's)."""
+    from onnx import AttributeProto, helper
+
+    def constant(name: str, attribute: str):
+        node = helper.make_node("Constant", [], [name])
+        node.attribute.append(helper.make_attribute_ref("value_float", AttributeProto.FLOAT))
+        node.attribute[0].ref_attr_name = attribute
+        return node
+
+    nodes = [
+        constant("gamma_f", "gamma"),
+        constant("zeta_f", "zeta"),
+        helper.make_node("Constant", [], ["zero_f"], value_float=0.0),
+        helper.make_node("Constant", [], ["one_f"], value_float=1.0),
+        helper.make_node("CastLike", ["gamma_f", "scores"], ["gamma"]),
+        helper.make_node("CastLike", ["zeta_f", "scores"], ["zeta"]),
+        helper.make_node("CastLike", ["zero_f", "scores"], ["zero"]),
+        helper.make_node("CastLike", ["one_f", "scores"], ["one"]),
+        helper.make_node("Softmax", ["scores"], ["softmax"], axis=-1),
+        helper.make_node("Sub", ["zeta", "gamma"], ["stretch"]),
+        helper.make_node("Mul", ["softmax", "stretch"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "gamma"], ["shifted"]),
+        helper.make_node("Clip", ["shifted", "zero", "one"], ["probs"]),
+    ]
+    return helper.make_function(DOMAIN, CLIPPED_SOFTMAX, ["scores"], ["probs"], nodes,
+                                [helper.make_opsetid("", opset)],
+                                attributes=["gamma", "zeta", "plugin_namespace"])
+
+
+FUNCTIONS = {CLIPPED_SOFTMAX: clipped_softmax_function}
+
+
+def attach_functions(model) -> list[str]:
+    """Give `model` (ModelProto) the function body of every edgert op it uses; return their names."""
+    from onnx import helper
+
+    used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    if not used:
+        return []
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    have = {(f.domain, f.name) for f in model.functions}
+    for name in used:
+        if (DOMAIN, name) not in have:
+            model.functions.append(FUNCTIONS[name](opset))
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
+    return used
