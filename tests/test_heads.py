@@ -258,3 +258,19 @@ def test_head_transform_errors(tmp_path):
         assert not out.exists()
     result = run_cli("analyze", "heads", str(directory), "--calib", str(calib), "--keep-per-layer", "0,0")
     assert result.returncode == 2 and "keeps no head" in result.stderr
+
+
+def test_analyze_heads_scores_a_local_decoder(tmp_path):
+    model = _tiny("llama")
+    directory = tmp_path / "llama"
+    model.save_pretrained(directory)
+    calib = tmp_path / "calib.npz"
+    rng = np.random.default_rng(0)
+    np.savez(calib, input_ids=rng.integers(3, 97, (4, 10)), attention_mask=np.ones((4, 10), np.int64))
+    plan_path = tmp_path / "plan.json"
+    result = run_cli("analyze", "heads", str(directory), "--calib", str(calib), "--prune", "0.5",
+                     "-o", str(plan_path))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(plan_path.read_text())
+    assert sum(len(layer["kept_heads"]) for layer in plan["layers"]) == 4
+    assert all(layer["num_heads"] == 4 for layer in plan["layers"])
