@@ -56,7 +56,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     from edgert.exporters.hf_encoder import load_encoder
     from edgert.models.zoo import resolve_source
 
-    _quiet_libraries()
+    quiet_libraries()
     step = on_step or (lambda _: None)
     start = time.perf_counter()
     if opset < MIN_OPSET:
@@ -111,7 +111,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     return ExportResult(output, manifest, time.perf_counter() - start)
 
 
-class _TorchInputs:
+class TorchInputs:
     """What load_calibration needs to know about a model that is not in ONNX yet."""
 
     def __init__(self, encoder, manifest_inputs: dict[str, str], name: str):
@@ -153,7 +153,7 @@ def _transform_heads(encoder, model_source, task: str, transform, calib, calib_s
             raise EdgertError("pruning by importance and svd grouping need calibration data: give --calib PATH")
         calib = calib or BUNDLED[model_source.name][0]
         step("calibration")
-        samples = load_calibration(calib, _TorchInputs(encoder, {n: n for n in encoder.input_names},
+        samples = load_calibration(calib, TorchInputs(encoder, {n: n for n in encoder.input_names},
                                                        model_source.name), size=calib_size)
     step("heads")
     from edgert.exporters.heads import encoder_loss
@@ -162,7 +162,7 @@ def _transform_heads(encoder, model_source, task: str, transform, calib, calib_s
     return apply_transform(encoder.model, transform, samples, loss=loss, gates=gates)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Silence transformers' weight-loading bars and torch.onnx's registration warnings."""
     import logging
 

@@ -271,13 +271,13 @@ def load_for_heads(source: str, calib, calib_size: int):
         model, inputs = _load_decoder(model_source)
         loss = next_token_loss
     else:
-        from edgert.exporters.export import _TorchInputs, _quiet_libraries
+        from edgert.exporters.export import TorchInputs, quiet_libraries
         from edgert.exporters.hf_encoder import load_encoder
 
-        _quiet_libraries()
+        quiet_libraries()
         encoder = load_encoder(model_source)
         model = encoder.model
-        inputs = _TorchInputs(encoder, {n: n for n in encoder.input_names}, model_source.name)
+        inputs = TorchInputs(encoder, {n: n for n in encoder.input_names}, model_source.name)
         loss = encoder_loss(model, model_source.default_task or "feature-extraction",
                             "token_type_ids" in encoder.input_names)
     model_shape(model)  # fails clearly for families without an adapter
@@ -292,7 +292,7 @@ def _load_decoder(model_source):
     from transformers import AutoModelForCausalLM
 
     from edgert.errors import SourceError, first_line
-    from edgert.exporters.export import _TorchInputs
+    from edgert.exporters.export import TorchInputs
 
     try:
         model = AutoModelForCausalLM.from_pretrained(model_source.directory, local_files_only=True,
@@ -305,4 +305,4 @@ def _load_decoder(model_source):
     names = ["input_ids", "attention_mask"]
     info = SimpleNamespace(input_names=names, tokenizer_json=tokenizer_json,
                            max_length=model.config.max_position_embeddings)
-    return model, _TorchInputs(info, {n: n for n in names}, model_source.name)
+    return model, TorchInputs(info, {n: n for n in names}, model_source.name)

@@ -132,7 +132,9 @@ def prune_plan(plan: HeadPlan, keep: Sequence[Sequence[int]]) -> HeadPlan:
 
 
 def prune_by_score(plan: HeadPlan, scores: Sequence[Sequence[float]], fraction: float) -> HeadPlan:
-    """Drop the `fraction` of all heads with the lowest scores (ties: later heads first)."""
+    """Drop the `fraction` of all original heads with the lowest scores (ties: later heads
+    first). Heads the plan already dropped should score lowest (importance gives them 0), so
+    they count towards the fraction."""
     if not 0 <= fraction < 1:
         raise PlanError(f"prune fraction must lie in [0, 1), got {fraction:g}")
     ranked = sorted(((s, layer, head) for layer, row in enumerate(scores) for head, s in enumerate(row)),

@@ -27,7 +27,8 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A HeadPlan JSON (from `edgert analyze heads` or written by hand).")
 @click.option("--prune", type=float, default=None, metavar="FRACTION",
-              help="Drop this fraction of all heads, least important first (mask-gradient score).")
+              help="Prune until this fraction of the model's original heads is gone, least important "
+                   "first (mask-gradient score); heads a --plan already dropped count towards it.")
 @click.option("--kv-heads", type=int, default=None,
               help="Group each layer's query heads onto this many kv heads (MHA -> GQA).")
 @click.option("--gqa-method", default="mean", show_default=True, metavar="mean|svd",
