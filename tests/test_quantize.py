@@ -132,3 +132,17 @@ def test_fusion_of_a_graph_without_attention_is_a_no_op(tiny_model, tiny_calib, 
     result = quantize_model(tiny_model, tmp_path / "int8.onnx", QuantConfig(mode="dynamic"), calib=tiny_calib)
     assert not any(result.fused.values())
     assert result.outliers and result.outliers[0].sqnr_db <= result.outliers[-1].sqnr_db
+
+
+def test_tensorrt_target_is_symmetric_int8_qdq_and_unfused(tiny_model, tiny_calib, tmp_path):
+    from onnx import numpy_helper
+
+    out = tmp_path / "trt.onnx"
+    result = quantize_model(tiny_model, out, QuantConfig(target="tensorrt"), calib=tiny_calib)
+    assert result.fused == {}
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    zero_points = [inits[n.input[2]] for n in qdq if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
