@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine, write_section  # noqa: E402
 
 from edgert.exporters.export import export  # noqa: E402
-from edgert.exporters.heads import (Transform, head_importance, identity_plan,  # noqa: E402
-                                    load_for_heads, parse_softmax, random_scores)
+from edgert.exporters.heads import Transform, identity_plan, parse_softmax  # noqa: E402
+from edgert.exporters.importance import head_importance, load_for_heads, random_scores  # noqa: E402
 from edgert.models.adapters import adapt  # noqa: E402
 from edgert.models.transforms import prune_by_score  # noqa: E402
 from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402

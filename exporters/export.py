@@ -156,7 +156,7 @@ def _transform_heads(encoder, model_source, task: str, transform, calib, calib_s
         samples = load_calibration(calib, TorchInputs(encoder, {n: n for n in encoder.input_names},
                                                        model_source.name), size=calib_size)
     step("heads")
-    from edgert.exporters.heads import encoder_loss
+    from edgert.exporters.importance import encoder_loss
 
     loss = encoder_loss(encoder.model, task, "token_type_ids" in encoder.input_names)
     return apply_transform(encoder.model, transform, samples, loss=loss, gates=gates)

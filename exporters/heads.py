@@ -1,5 +1,6 @@
-"""Head analysis and transforms on torch models: mask-gradient importance, pruning, MHA -> GQA,
-softmax changes and gates, all expressed as a HeadPlan and applied by the adapters.
+"""Head transforms on torch models: pruning (by a plan or by importance, see importance.py),
+MHA -> GQA, softmax changes and checkpoint gates, all expressed as a HeadPlan and applied by the
+adapters.
 """
 
 from __future__ import annotations
@@ -8,17 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgert.errors import EdgertError, PlanError
+from edgert.exporters.importance import Feeds, Loss, head_importance, projection_loss
 from edgert.models.adapters import adapt, head_attentions, model_shape, original_weights
 from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, mean_merges,
                                       prune_by_score, svd_merges)
 from edgert.plan import HeadPlan, Softmax
-
-Feeds = dict[str, np.ndarray]
-Loss = Callable[[object, dict[str, torch.Tensor], int], torch.Tensor]
 
 
 def parse_softmax(text: str) -> Softmax:
@@ -44,66 +42,6 @@ def identity_plan(model) -> HeadPlan:
 
 def with_softmax(plan: HeadPlan, softmax: Softmax) -> HeadPlan:
     return HeadPlan([replace(layer, softmax=softmax) for layer in plan.layers], plan.head_dim).check()
-
-
-# ---- importance ---------------------------------------------------------------------------
-
-def projection_loss(model, feeds: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
-    """r . output with r ~ N(0, I) drawn per example: a label-free loss whose mask gradient
-    has E|dL/dxi_h| proportional to the norm of the output's sensitivity to head h."""
-    output = model(**feeds)
-    output = output if isinstance(output, torch.Tensor) else output[0]
-    generator = torch.Generator().manual_seed(seed)
-    return (output * torch.randn(output.shape, generator=generator)).sum()
-
-
-def next_token_loss(model, feeds: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
-    """Causal LM loss on the calibration text itself (decoders)."""
-    ids = feeds["input_ids"]
-    return model(**feeds, labels=ids, use_cache=False).loss
-
-
-def head_importance(model, samples: Sequence[Feeds], loss: Loss = projection_loss,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Michel et al. (2019) importance of every original head of an adapted model:
-    E_x |dL/dxi_h| for a mask xi_h = 1 on each head's output, normalised per layer (L2) and
-    then globally (max = 1). Pruned heads score 0. Returns [layers, original heads]."""
-    attentions = head_attentions(model)
-    masks = []
-    for attention in attentions:
-        attention.head_mask = torch.ones(attention.num_heads, requires_grad=True)
-        masks.append(attention.head_mask)
-    totals = [torch.zeros(a.num_heads) for a in attentions]
-    try:
-        for i, feeds in enumerate(samples):
-            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            value = loss(model, tensors, i)
-            grads = torch.autograd.grad(value, [m for m in masks if m.numel()], allow_unused=True)
-            grads = iter(grads)
-            for total, mask in zip(totals, masks):
-                if mask.numel():
-                    grad = next(grads)
-                    if grad is not None:
-                        total += grad.abs()
-            if progress:
-                progress(1)
-    finally:
-        for attention in attentions:
-            attention.head_mask = None
-    shape = model_shape(model)
-    scores = np.zeros((shape.num_layers, shape.num_heads))
-    for layer, (attention, total) in enumerate(zip(attentions, totals)):
-        row = total.numpy() / max(len(samples), 1)
-        norm = np.linalg.norm(row)
-        scores[layer, attention.kept_heads] = row / norm if norm > 0 else row
-    peak = scores.max()
-    return scores / peak if peak > 0 else scores
-
-
-def random_scores(plan: HeadPlan, seed: int) -> np.ndarray:
-    """Random head scores (the baseline that importance must beat)."""
-    rng = np.random.default_rng(seed)
-    return rng.random((len(plan.layers), plan.layers[0].num_heads))
 
 
 # ---- calibration activations for low-rank GQA ---------------------------------------------
@@ -240,69 +178,3 @@ def read_gates(directory: Path, num_layers: int) -> list[tuple[torch.Tensor, tor
                 for i in range(num_layers)]
     except KeyError as exc:
         raise PlanError(f"{directory}: gate weights incomplete, missing {exc.args[0]}") from None
-
-
-# ---- loading for `edgert analyze heads` ---------------------------------------------------
-
-def encoder_loss(model, task: str, uses_token_types: bool) -> Loss:
-    """projection_loss on the output the export will have (pooled embedding or hidden states)."""
-    from edgert.models.encoders import EncoderExport
-
-    wrapper = EncoderExport(model, task, uses_token_types=uses_token_types)
-    return lambda _model, feeds, seed: projection_loss(wrapper, feeds, seed)
-
-
-def load_for_heads(source: str, calib, calib_size: int):
-    """(transformers model, calibration feeds, loss) for scoring the heads of `source`."""
-    import json
-
-    from edgert.models.adapters import DECODER_FAMILIES
-    from edgert.models.zoo import resolve_source
-    from edgert.quant.calib import BUNDLED, load_calibration
-
-    model_source = resolve_source(source)
-    if calib is None:
-        if model_source.name not in BUNDLED:
-            raise EdgertError("scoring heads needs calibration data: give --calib PATH")
-        calib = BUNDLED[model_source.name][0]
-    config_path = model_source.directory / "config.json"
-    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
-    if model_type in DECODER_FAMILIES:
-        model, inputs = _load_decoder(model_source)
-        loss = next_token_loss
-    else:
-        from edgert.exporters.export import TorchInputs, quiet_libraries
-        from edgert.exporters.hf_encoder import load_encoder
-
-        quiet_libraries()
-        encoder = load_encoder(model_source)
-        model = encoder.model
-        inputs = TorchInputs(encoder, {n: n for n in encoder.input_names}, model_source.name)
-        loss = encoder_loss(model, model_source.default_task or "feature-extraction",
-                            "token_type_ids" in encoder.input_names)
-    model_shape(model)  # fails clearly for families without an adapter
-    samples = load_calibration(calib, inputs, size=calib_size)
-    return model, samples, loss
-
-
-def _load_decoder(model_source):
-    """A Llama-family causal LM from a local directory, and its calibration inputs."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM
-
-    from edgert.errors import SourceError, first_line
-    from edgert.exporters.export import TorchInputs
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_source.directory, local_files_only=True,
-                                                     attn_implementation="eager").eval()
-    except Exception as exc:
-        raise SourceError(f"cannot load {model_source.directory}: {first_line(exc)}") from None
-    tokenizer_json = None
-    if (model_source.directory / "tokenizer.json").is_file():
-        tokenizer_json = (model_source.directory / "tokenizer.json").read_text()
-    names = ["input_ids", "attention_mask"]
-    info = SimpleNamespace(input_names=names, tokenizer_json=tokenizer_json,
-                           max_length=model.config.max_position_embeddings)
-    return model, TorchInputs(info, {n: n for n in names}, model_source.name)

@@ -13,8 +13,8 @@ import transformers
 import edgert
 from edgert.errors import PlanError
 from edgert.exporters.export import export
-from edgert.exporters.heads import (Transform, apply_transform, head_importance, identity_plan,
-                                    next_token_loss, parse_softmax)
+from edgert.exporters.heads import Transform, apply_transform, identity_plan, parse_softmax
+from edgert.exporters.importance import head_importance, next_token_loss
 from edgert.models.adapters import adapt, head_attentions
 from edgert.models.ops import clipped_softmax
 from edgert.models.transforms import prune_plan

@@ -82,8 +82,8 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     and optionally turn the scores into a pruning plan."""
     from edgert._io import check_output_path, write_text_atomic
     from edgert.errors import PlanError
-    from edgert.exporters.heads import (head_importance, identity_plan, load_for_heads,
-                                        random_scores)
+    from edgert.exporters.heads import identity_plan
+    from edgert.exporters.importance import head_importance, load_for_heads, random_scores
     from edgert.models.adapters import adapt
     from edgert.models.transforms import prune_by_score, prune_plan
 
