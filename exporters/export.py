@@ -114,17 +114,17 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
 class TorchInputs:
     """What load_calibration needs to know about a model that is not in ONNX yet."""
 
-    def __init__(self, encoder, manifest_inputs: dict[str, str], name: str):
+    def __init__(self, encoder, name: str):
         self.input_names = list(encoder.input_names)
         self.path = Path(name)
-        self._encoder, self._roles = encoder, manifest_inputs
+        self._encoder = encoder
 
     @property
     def tokenizer(self) -> TextTokenizer:
         if not self._encoder.tokenizer_json:
             raise EdgertError("this model has no tokenizer")
         return TextTokenizer(self._encoder.tokenizer_json, max_length=self._encoder.max_length,
-                             input_roles=self._roles)
+                             input_roles={n: n for n in self.input_names})
 
     def check_inputs(self, feeds):
         missing = [n for n in self.input_names if n not in feeds]
@@ -144,17 +144,14 @@ def _transform_heads(encoder, model_source, task: str, transform, calib, calib_s
     from edgert.exporters.heads import Transform
 
     transform = transform or Transform()
-    transform.check()
     samples = []
     if transform.needs_calibration:
         from edgert.quant.calib import BUNDLED, load_calibration
 
-        if calib is None and model_source.name not in BUNDLED:
-            raise EdgertError("pruning by importance and svd grouping need calibration data: give --calib PATH")
-        calib = calib or BUNDLED[model_source.name][0]
-        step("calibration")
-        samples = load_calibration(calib, TorchInputs(encoder, {n: n for n in encoder.input_names},
-                                                       model_source.name), size=calib_size)
+        calib = calib or BUNDLED.get(model_source.name, (None,))[0]
+        if calib is not None:  # else apply_transform says calibration data is missing
+            step("calibration")
+            samples = load_calibration(calib, TorchInputs(encoder, model_source.name), size=calib_size)
     step("heads")
     from edgert.exporters.importance import encoder_loss
 

@@ -5,7 +5,7 @@ adapters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,8 +14,8 @@ import torch
 from edgert.errors import EdgertError, PlanError
 from edgert.exporters.importance import Feeds, Loss, head_importance, projection_loss
 from edgert.models.adapters import adapt, head_attentions, model_shape, original_weights
-from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, mean_merges,
-                                      prune_by_score, svd_merges)
+from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, prune_by_score,
+                                      svd_merges)
 from edgert.plan import HeadPlan, Softmax
 
 
@@ -101,15 +101,9 @@ class Transform:
     def needs_calibration(self) -> bool:
         return bool(self.prune) or (self.kv_heads is not None and self.gqa_method == "svd")
 
-    @property
-    def is_identity(self) -> bool:
-        return (self.plan is None and not self.prune and self.kv_heads is None
-                and self.softmax is None)
-
 
 def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), *,
-                    loss: Loss = projection_loss, gates: list | None = None,
-                    step: Callable[[str], None] = lambda _: None) -> HeadPlan:
+                    loss: Loss = projection_loss, gates: list | None = None) -> HeadPlan:
     """Adapt `model` in place to the plan `transform` describes; return that plan."""
     transform.check()
     shape = model_shape(model)
@@ -121,7 +115,6 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
         raise EdgertError("pruning by importance and svd grouping need calibration data (--calib)")
     originals = original_weights(model)
     if transform.prune:
-        step("scoring heads")
         scorer = _adapted_copy(model, plan, originals, shape, gates)
         scores = head_importance(scorer, samples, loss)
         del scorer
@@ -134,29 +127,26 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
     if transform.kv_heads is not None:
         plan = group_plan(plan, transform.kv_heads)
         if transform.gqa_method == "svd":
-            step("collecting k/v activations")
             identity = _adapted_copy(model, identity_plan(model), originals, shape, None)
             activations = kv_activations(identity, samples)
             del identity
             merges = [svd_merges(layer, shape.num_kv_heads, k, v, rope=shape.rope)
                       for layer, (k, v) in zip(plan.layers, activations)]
-    step("rebuilding attention")
-    weights = [build_attention(w, layer, shape, merges[i] if merges else
-                               mean_merges(layer, shape.num_kv_heads, shape.head_dim),
-                               gates[i] if gates else None)
-               for i, (w, layer) in enumerate(zip(originals, plan.layers))]
-    adapt(model, plan, weights=weights)
+    adapt(model, plan, weights=_attentions(originals, plan, shape, merges, gates))
     return plan
+
+
+def _attentions(originals, plan: HeadPlan, shape, merges=None, gates=None) -> list:
+    """One HeadAttention per layer (merges: per layer, None for mean pooling)."""
+    return [build_attention(w, layer, shape, merges[i] if merges else None, gates[i] if gates else None)
+            for i, (w, layer) in enumerate(zip(originals, plan.layers))]
 
 
 def _adapted_copy(model, plan: HeadPlan, originals, shape, gates):
     """A deep copy of `model` adapted to `plan` (the original stays untouched for rebuilding)."""
     import copy
 
-    clone = copy.deepcopy(model)
-    weights = [build_attention(w, layer, shape, gate=gates[i] if gates else None)
-               for i, (w, layer) in enumerate(zip(originals, plan.layers))]
-    return adapt(clone, plan, weights=weights)
+    return adapt(copy.deepcopy(model), plan, weights=_attentions(originals, plan, shape, gates=gates))
 
 
 def read_gates(directory: Path, num_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:

@@ -107,7 +107,7 @@ def load_for_heads(source: str, calib, calib_size: int):
         quiet_libraries()
         encoder = load_encoder(model_source)
         model = encoder.model
-        inputs = TorchInputs(encoder, {n: n for n in encoder.input_names}, model_source.name)
+        inputs = TorchInputs(encoder, model_source.name)
         loss = encoder_loss(model, model_source.default_task or "feature-extraction",
                             "token_type_ids" in encoder.input_names)
     model_shape(model)  # fails clearly for families without an adapter
@@ -135,4 +135,4 @@ def _load_decoder(model_source):
     names = ["input_ids", "attention_mask"]
     info = SimpleNamespace(input_names=names, tokenizer_json=tokenizer_json,
                            max_length=model.config.max_position_embeddings)
-    return model, TorchInputs(info, {n: n for n in names}, model_source.name)
+    return model, TorchInputs(info, model_source.name)

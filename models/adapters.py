@@ -77,14 +77,13 @@ def attention_slots(model) -> list[tuple[nn.Module, str]]:
 
 
 def original_weights(model) -> list[AttentionWeights]:
-    """The projections of every layer, read before (or after) adapting."""
+    """The projections of every layer of a model that is not adapted yet."""
     weights = []
     for parent, name in attention_slots(model):
         module = getattr(parent, name)
         if isinstance(module, (EncoderSelfAttention, DecoderSelfAttention)):
-            a = module.attention
-            q, k, v, o = a.q_proj, a.k_proj, a.v_proj, a.o_proj
-        elif name == "self":
+            raise ValueError("the model is already adapted; adapt or transform the original model")
+        if name == "self":
             q, k, v, o = module.query, module.key, module.value, parent.output.dense
         else:
             q, k, v, o = module.q_proj, module.k_proj, module.v_proj, module.o_proj

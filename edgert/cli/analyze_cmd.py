@@ -82,21 +82,20 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     and optionally turn the scores into a pruning plan."""
     from edgert._io import check_output_path, write_text_atomic
     from edgert.errors import PlanError
-    from edgert.exporters.heads import identity_plan
+    from edgert.exporters.heads import Transform, identity_plan
     from edgert.exporters.importance import head_importance, load_for_heads, random_scores
     from edgert.models.adapters import adapt
     from edgert.models.transforms import prune_by_score, prune_plan
 
     if prune is not None and keep_per_layer is not None:
         raise PlanError("give --prune or --keep-per-layer, not both")
+    Transform(prune=prune).check()
     for path in (output, json_path):
         if path:
             check_output_path(path)
     model, samples, loss = load_for_heads(source, calib_path, calib_size)
     plan = identity_plan(model)
     counts = _parse_counts(keep_per_layer, plan) if keep_per_layer else None
-    if prune is not None and not 0 <= prune < 1:
-        raise PlanError(f"--prune must lie in [0, 1) (pruning every head leaves no model), got {prune:g}")
     if random_seed is not None:
         scores = random_scores(plan, random_seed)
     else:

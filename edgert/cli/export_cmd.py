@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, TASKS
+from edgert.plan import HeadPlan
 
 STEPS = {"load": "loading model", "calibration": "reading calibration data",
          "heads": "transforming attention heads", "trace": "tracing with torch.onnx",
@@ -59,7 +60,6 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     transform = None
     if plan_path or prune is not None or kv_heads is not None or softmax_spec:
         from edgert.exporters.heads import Transform, parse_softmax
-        from edgert.plan import HeadPlan
 
         transform = Transform(plan=HeadPlan.load(plan_path) if plan_path else None, prune=prune,
                               kv_heads=kv_heads, gqa_method=gqa_method,
@@ -77,9 +77,7 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     out = Console()
     out.print(table)
     plan = result.manifest.plan
-    if plan.kept_heads != plan.original_heads or any(
-            layer.num_kv_heads != len(layer.kept_heads) or layer.softmax.kind != "standard" or layer.gated
-            for layer in plan.layers):
+    if plan != HeadPlan.full(len(plan.layers), plan.layers[0].num_heads, head_dim=plan.head_dim):
         out.print(plan_table(plan))
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
               f"in {result.seconds:.1f} s")
