@@ -155,7 +155,7 @@ def _transform_heads(encoder, model_source, task: str, transform, calib, calib_s
     step("heads")
     from edgert.exporters.importance import encoder_loss
 
-    loss = encoder_loss(encoder.model, task, "token_type_ids" in encoder.input_names)
+    loss = encoder_loss(task, "token_type_ids" in encoder.input_names)
     return apply_transform(encoder.model, transform, samples, loss=loss, gates=gates)
 
 

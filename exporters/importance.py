@@ -65,7 +65,9 @@ def head_importance(model, samples: Sequence[Feeds], loss: Loss = projection_los
         norm = np.linalg.norm(row)
         scores[layer, attention.kept_heads] = row / norm if norm > 0 else row
     peak = scores.max()
-    return scores / peak if peak > 0 else scores
+    if samples and not peak > 0:
+        raise EdgertError("no head changes the loss: the importance loss does not run the model being scored")
+    return scores / peak
 
 
 def random_scores(plan: HeadPlan, seed: int) -> np.ndarray:
@@ -74,12 +76,15 @@ def random_scores(plan: HeadPlan, seed: int) -> np.ndarray:
     return rng.random((len(plan.layers), plan.layers[0].num_heads))
 
 
-def encoder_loss(model, task: str, uses_token_types: bool) -> Loss:
-    """projection_loss on the output the export will have (pooled embedding or hidden states)."""
+def encoder_loss(task: str, uses_token_types: bool) -> Loss:
+    """projection_loss on the output the export will have (pooled embedding or hidden states)
+    of whichever encoder is being scored."""
     from edgert.models.encoders import EncoderExport
 
-    wrapper = EncoderExport(model, task, uses_token_types=uses_token_types)
-    return lambda _model, feeds, seed: projection_loss(wrapper, feeds, seed)
+    def loss(model, feeds, seed):
+        return projection_loss(EncoderExport(model, task, uses_token_types=uses_token_types), feeds, seed)
+
+    return loss
 
 
 def load_for_heads(source: str, calib, calib_size: int):
@@ -108,7 +113,7 @@ def load_for_heads(source: str, calib, calib_size: int):
         encoder = load_encoder(model_source)
         model = encoder.model
         inputs = TorchInputs(encoder, model_source.name)
-        loss = encoder_loss(model, model_source.default_task or "feature-extraction",
+        loss = encoder_loss(model_source.default_task or "feature-extraction",
                             "token_type_ids" in encoder.input_names)
     model_shape(model)  # fails clearly for families without an adapter
     samples = load_calibration(calib, inputs, size=calib_size)

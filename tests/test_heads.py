@@ -235,6 +235,19 @@ def test_analyze_heads_cli_writes_a_plan_export_takes(tmp_path):
     assert edgert.load(out).manifest.plan.kept_heads == 4
 
 
+def test_export_prune_keeps_the_heads_analyze_heads_ranks_highest(tmp_path):
+    directory, calib = _tiny_bert_dir(tmp_path)
+    plan_path = tmp_path / "plan.json"
+    result = run_cli("analyze", "heads", str(directory), "--calib", str(calib), "--prune", "0.5",
+                     "-o", str(plan_path))
+    assert result.returncode == 0, result.stderr
+    exported = export(str(directory), tmp_path / "m.onnx", task="feature-extraction", calib=calib,
+                      transform=Transform(prune=0.5))
+    analyzed = json.loads(plan_path.read_text())
+    assert [layer.kept_heads for layer in exported.manifest.plan.layers] == \
+        [layer["kept_heads"] for layer in analyzed["layers"]]
+
+
 def test_head_transform_errors(tmp_path):
     directory, calib = _tiny_bert_dir(tmp_path)
     other = tmp_path / "other.json"
