@@ -13,7 +13,7 @@ import torch
 
 from edgert.errors import EdgertError, PlanError
 from edgert.exporters.importance import Feeds, Loss, head_importance, projection_loss
-from edgert.models.adapters import adapt, head_attentions, model_shape, original_weights
+from edgert.models.adapters import adapt, head_attentions, identity_plan, model_shape, original_weights
 from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, prune_by_score,
                                       svd_merges)
 from edgert.plan import HeadPlan, Softmax
@@ -33,11 +33,6 @@ def parse_softmax(text: str) -> Softmax:
     softmax = Softmax("clipped", gamma, zeta)
     softmax.check("--softmax")
     return softmax
-
-
-def identity_plan(model) -> HeadPlan:
-    shape = model_shape(model)
-    return HeadPlan.full(shape.num_layers, shape.num_heads, shape.num_kv_heads, head_dim=shape.head_dim)
 
 
 def with_softmax(plan: HeadPlan, softmax: Softmax) -> HeadPlan:

@@ -64,6 +64,12 @@ def model_shape(model) -> ModelShape:
                       config.hidden_size, family in DECODER_FAMILIES)
 
 
+def identity_plan(model) -> HeadPlan:
+    """Every head kept, the model's own kv grouping, standard softmax, full caches."""
+    shape = model_shape(model)
+    return HeadPlan.full(shape.num_layers, shape.num_heads, shape.num_kv_heads, head_dim=shape.head_dim)
+
+
 def _base(model):
     return getattr(model, model.base_model_prefix, model)
 
@@ -141,8 +147,7 @@ def adapt(model, plan: HeadPlan | None = None, *, weights: list[HeadAttention] |
     from edgert.models.transforms import build_attention
 
     shape = model_shape(model)
-    if plan is None:
-        plan = HeadPlan.full(shape.num_layers, shape.num_heads, shape.num_kv_heads, head_dim=shape.head_dim)
+    plan = plan or identity_plan(model)
     plan.check()
     plan.check_matches(shape.num_layers, shape.num_heads)
     if weights is None:

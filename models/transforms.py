@@ -49,13 +49,15 @@ def kv_sources(layer: LayerPlan, num_kv_heads: int) -> list[list[int]]:
 
 
 def mean_merges(layer: LayerPlan, num_kv_heads: int, head_dim: int) -> list[KvMerge]:
-    eye = torch.eye(head_dim)
-    merges = []
-    for group in kv_sources(layer, num_kv_heads):
-        share = {g: eye / len(group) for g in group}
-        same = {g: eye for g in group}
-        merges.append(KvMerge(share, same, share, same))
-    return merges
+    return [_mean_merge(group, head_dim) for group in kv_sources(layer, num_kv_heads)]
+
+
+def _mean_merge(group: list[int], d: int) -> KvMerge:
+    """Average the group's K and V (exact copy for a group of one)."""
+    eye = torch.eye(d)
+    share = {g: eye / len(group) for g in group}
+    same = {g: eye for g in group}
+    return KvMerge(share, same, share, same)
 
 
 def _rows(weight: torch.Tensor | None, index: int, size: int) -> torch.Tensor | None:
@@ -180,18 +182,13 @@ def svd_merges(layer: LayerPlan, num_kv_heads: int, keys: torch.Tensor, values: 
     merges = []
     for group in kv_sources(layer, num_kv_heads):
         if len(group) == 1:
-            merges.append(_identity_merge(group[0], d))
+            merges.append(_mean_merge(group, d))
             continue
         key_in, query_fold = (_rope_key_merge(keys, group, d) if rope else _real_merge(keys, group, d))
-        value_in, value_basis = _real_merge(values, group, d)
+        value_in, _ = _real_merge(values, group, d)
         # values: v_g ~= V_g v', so W_o,h' = W_o,h V_g = W_o,h value_in[g]^T
-        merges.append(KvMerge(key_in, query_fold, value_in, {g: value_basis[g].T for g in group}))
+        merges.append(KvMerge(key_in, query_fold, value_in, {g: value_in[g].T for g in group}))
     return merges
-
-
-def _identity_merge(g: int, d: int) -> KvMerge:
-    eye = torch.eye(d)
-    return KvMerge({g: eye}, {g: eye}, {g: eye}, {g: eye})
 
 
 def _columns(x: torch.Tensor, group: Iterable[int], d: int) -> torch.Tensor:
