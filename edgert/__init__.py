@@ -1,29 +1,35 @@
 """edgert: edge inference for attention-efficient transformers.
 
-The runtime needs only numpy and onnxruntime; it never imports torch.
+The runtime needs only numpy and onnxruntime; it never imports torch. Names are loaded on
+first use, so the `edgert` command starts (and installs its interrupt handlers) before
+onnxruntime is imported.
 """
 
-from edgert.errors import (
-    DependencyError,
-    DeviceUnavailableError,
-    EdgertError,
-    InputError,
-    ModelLoadError,
-    OutputPathError,
-    PlanError,
-    ShapeError,
-    SourceError,
-    UnknownModelError,
-    ValidationError,
-)
-from edgert.plan import CachePolicy, HeadPlan, LayerPlan, Manifest, Softmax
-from edgert.session import Session, TensorSpec, load
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CachePolicy", "DependencyError", "DeviceUnavailableError", "EdgertError", "HeadPlan",
-    "InputError", "LayerPlan", "Manifest", "ModelLoadError", "OutputPathError", "PlanError",
-    "Session", "ShapeError", "Softmax", "SourceError", "TensorSpec", "UnknownModelError",
-    "ValidationError", "load", "__version__",
-]
+_EXPORTS = {
+    "edgert.errors": ["DependencyError", "DeviceUnavailableError", "EdgertError", "InputError",
+                      "ModelLoadError", "OutputPathError", "PlanError", "ShapeError", "SourceError",
+                      "UnknownModelError", "ValidationError"],
+    "edgert.plan": ["CachePolicy", "HeadPlan", "LayerPlan", "Manifest", "Softmax"],
+    "edgert.session": ["Session", "TensorSpec", "load"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'edgert' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ast
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgert._io import temporary_directory
 from edgert.model_info import load_onnx_proto
 
 # Ops whose outputs are shapes, indices or constants, not activations worth quantizing.
@@ -137,10 +136,9 @@ def activation_stats(model_path: str | Path, samples: Sequence[dict[str, np.ndar
     existing = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                               for n in names if n not in existing)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
+    with temporary_directory("edgert-outliers-") as work:
+        tmp = work / "with_activations.onnx"
+        onnx.save(model, str(tmp))
         session = Session(tmp, options=session_options(threads))
         moments = {n: _Moments() for n in names}
         wanted = list(names)
@@ -152,8 +150,6 @@ def activation_stats(model_path: str | Path, samples: Sequence[dict[str, np.ndar
                 if progress:
                     progress(1)
         del session
-    finally:
-        os.unlink(tmp)
     stats = [TensorStats(n, *names[n], max(abs(m.lo), abs(m.hi)), m.kurtosis(), m.sqnr_db(), m.n)
              for n, m in moments.items() if m.n]
     return sorted(stats, key=lambda s: s.sqnr_db)

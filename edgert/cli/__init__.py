@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import secrets
 import signal
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import click
 
-from edgert.errors import EdgertError
+from edgert._io import DISK_FULL
+from edgert.errors import EdgertError, first_line
 
 COMMANDS = {
     "export": ("edgert.cli.export_cmd", "Export a model to a validated ONNX graph."),
@@ -42,13 +46,32 @@ class EdgertGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgertError as exc:
-            fail(str(exc))
+            fail(first_line(exc))
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                fail(f"no space left on the device ({os.strerror(exc.errno)}); nothing was written")
+            if isinstance(exc, BrokenPipeError):  # `edgert ... | head`: the reader went away
+                os._exit(0)
+            internal_error(exc)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug, not a user mistake: still one line, exit 1
+            internal_error(exc)
 
 
 def fail(message: str) -> None:
     """Print `Error: message` on stderr and exit with code 2."""
     click.echo(f"Error: {message}", err=True)
     sys.exit(2)
+
+
+def internal_error(exc: BaseException) -> None:
+    """An unexpected exception: one line and exit code 1, the traceback only with EDGERT_DEBUG=1."""
+    if os.environ.get("EDGERT_DEBUG"):
+        raise exc
+    click.echo(f"Error: internal error ({type(exc).__name__}: {first_line(exc)}); "
+               "rerun with EDGERT_DEBUG=1 for the traceback and please report it", err=True)
+    sys.exit(1)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -58,10 +81,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def _interrupted(signum, frame):
     # Exit from the handler itself: torch.onnx.export retries other capture strategies
     # when tracing fails and can swallow a KeyboardInterrupt, so raising one is not enough.
-    from edgert._io import remove_pending
+    from edgert._io import WRITTEN_OUTPUTS, remove_pending
 
     remove_pending()
-    sys.stderr.write("Error: interrupted; nothing was written\n")
+    done = ", ".join(str(p) for p in WRITTEN_OUTPUTS)
+    sys.stderr.write(f"Error: interrupted after writing {done}; nothing else was written\n" if done
+                     else "Error: interrupted; nothing was written\n")
     sys.stderr.flush()
     os._exit(2)
 
@@ -72,9 +97,29 @@ def cli() -> None:
     """edgert: export, quantize, benchmark and run attention-efficient transformers on edge devices."""
 
 
+def _private_torch_cache() -> Path | None:
+    """Point torch's compile cache, which torch.export creates under $TMPDIR and keeps, at a
+    folder this run removes (unless the user chose one). Nothing is created here."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return None
+    from edgert._io import PENDING_OUTPUTS
+
+    folder = Path(tempfile.gettempdir()) / f"edgert-torch-cache-{os.getpid()}-{secrets.token_hex(4)}"
+    PENDING_OUTPUTS.add(folder)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
 def main() -> None:
     """Console entry point."""
-    warnings.showwarning = _one_line_warning
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
-    cli()
+    warnings.showwarning = _one_line_warning
+    torch_cache = _private_torch_cache()
+    try:
+        cli()
+    finally:
+        if torch_cache is not None:
+            from edgert._io import remove_pending
+
+            remove_pending(torch_cache)

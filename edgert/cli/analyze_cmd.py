@@ -30,12 +30,11 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
     """Per activation tensor: max |x|, kurtosis and SQNR after fake INT8 (uint8,
     per-tensor, min/max range), worst SQNR first."""
     import edgert
-    from edgert._io import check_output_path, write_text_atomic
+    from edgert._io import check_outputs, write_text_atomic
     from edgert.quant.calib import load_calibration
     from edgert.quant.outliers import activation_stats
 
-    if json_path:
-        check_output_path(json_path)
+    check_outputs([json_path], inputs=[model, calib_path])
     session = edgert.load(model, threads=threads)
     samples = load_calibration(calib_path, session, size=calib_size)
     columns = (TextColumn("activations"), BarColumn(), MofNCompleteColumn())
@@ -80,7 +79,7 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     """Score every attention head of SOURCE (a built-in name or a Hugging Face directory) by
     the mask-gradient importance of Michel et al. (2019), normalised per layer then globally,
     and optionally turn the scores into a pruning plan."""
-    from edgert._io import check_output_path, write_text_atomic
+    from edgert._io import check_outputs, write_text_atomic
     from edgert.errors import PlanError
     from edgert.exporters.heads import Transform, identity_plan
     from edgert.exporters.importance import head_importance, load_for_heads, random_scores
@@ -90,9 +89,7 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     if prune is not None and keep_per_layer is not None:
         raise PlanError("give --prune or --keep-per-layer, not both")
     Transform(prune=prune).check()
-    for path in (output, json_path):
-        if path:
-            check_output_path(path)
+    check_outputs([output, json_path], inputs=[calib_path])
     model, samples, loss = load_for_heads(source, calib_path, calib_size)
     plan = identity_plan(model)
     counts = _parse_counts(keep_per_layer, plan) if keep_per_layer else None
