@@ -22,6 +22,8 @@ def resolve_device(device: str, *, strict: bool = False) -> tuple[str, list[str]
     `auto` picks the fastest available of tensorrt, cuda, cpu. A device whose provider
     is missing falls back to cpu with a warning, or raises DeviceUnavailableError if strict.
     """
+    if not isinstance(device, str):
+        raise EdgertError(f"device must be a string ({', '.join(DEVICES)}), got {type(device).__name__}")
     if device not in DEVICES:
         raise EdgertError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     available = set(ort.get_available_providers())

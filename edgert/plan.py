@@ -8,15 +8,71 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgert.errors import PlanError
+from edgert.errors import ModelLoadError, PlanError, first_line
 
 MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
 TOKENIZER_KEY = "edgert.tokenizer"  # metadata_props key holding a tokenizers.json string
 PLAN_FORMAT = 1
+
+
+_TYPE_WORDS = {type(None): "null", bool: "a boolean", str: "a string", list: "a list",
+               dict: "an object", int: "an integer", float: "a number"}
+
+
+def _kind(value: object) -> str:
+    """How a wrong value is named in a message: JSON's word for its type, never its contents."""
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(value: object, what: str, minimum: int | None = None) -> None:
+    if not _is_int(value):
+        raise PlanError(f"{what} must be an integer, got {_kind(value)}")
+    if minimum is not None and value < minimum:
+        raise PlanError(f"{what} must be >= {minimum}, got {value}")
+
+
+def _check_int_list(value: object, what: str) -> None:
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise PlanError(f"{what} must be a list of integers, got {_kind(value)}")
+
+
+def _check_object(value: object, what: str) -> None:
+    if not isinstance(value, dict):
+        raise PlanError(f"{what} must be an object, got {_kind(value)}")
+
+
+def _shown(path: object) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _plan_path(value: object, what: str) -> Path:
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise PlanError(f"{what} must be a str or os.PathLike, got {type(value).__name__}")
+    if not str(value).strip() or "\0" in str(value):
+        raise PlanError(f"{what} is empty or holds a NUL character")
+    return Path(value)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        if not path.is_file():
+            raise PlanError(f"{what} not found: {_shown(path)}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PlanError(f"{what} {_shown(path)} is not UTF-8 text") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read {what} {_shown(path)}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -28,6 +84,14 @@ class Softmax:
     zeta: float | None = None
 
     def check(self, where: str) -> None:
+        if not isinstance(self.kind, str):
+            raise PlanError(f"{where}: softmax kind must be a string, got {_kind(self.kind)}")
+        for name in ("gamma", "zeta"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not math.isfinite(value)):
+                raise PlanError(f"{where}: softmax {name} must be a finite number, got "
+                                + (str(value) if isinstance(value, float) else _kind(value)))
         if self.kind == "standard":
             if self.gamma is not None or self.zeta is not None:
                 raise PlanError(f"{where}: standard softmax takes no gamma/zeta")
@@ -52,6 +116,10 @@ class CachePolicy:
     recent: int = 0
 
     def check(self, where: str) -> None:
+        if not isinstance(self.kind, str):
+            raise PlanError(f"{where}: cache kind must be a string, got {_kind(self.kind)}")
+        _check_int(self.sink, f"{where}: sink")
+        _check_int(self.recent, f"{where}: recent")
         if self.kind == "full":
             if self.sink or self.recent:
                 raise PlanError(f"{where}: a full cache takes no sink/recent")
@@ -86,7 +154,11 @@ class LayerPlan:
     @classmethod
     def full(cls, num_heads: int, num_kv_heads: int | None = None) -> LayerPlan:
         """All heads kept; GQA groups of consecutive query heads as in Llama."""
+        _check_int(num_heads, "num_heads", 1)
         num_kv_heads = num_kv_heads or num_heads
+        _check_int(num_kv_heads, "num_kv_heads", 1)
+        if num_heads % num_kv_heads:
+            raise PlanError(f"{num_kv_heads} kv heads do not divide {num_heads} query heads")
         group = num_heads // num_kv_heads
         return cls(
             num_heads=num_heads,
@@ -98,8 +170,16 @@ class LayerPlan:
 
     def check(self, index: int) -> None:
         where = f"layer {index}"
-        if self.num_heads < 1:
-            raise PlanError(f"{where}: num_heads must be >= 1")
+        _check_int(self.num_heads, f"{where}: num_heads", 1)
+        _check_int_list(self.kept_heads, f"{where}: kept_heads")
+        _check_int_list(self.kv_heads, f"{where}: kv_heads")
+        _check_int(self.num_kv_heads, f"{where}: num_kv_heads", 0)
+        if not isinstance(self.softmax, Softmax):
+            raise PlanError(f"{where}: softmax must be a Softmax, got {_kind(self.softmax)}")
+        if not isinstance(self.gated, bool):
+            raise PlanError(f"{where}: gated must be true or false, got {_kind(self.gated)}")
+        if not isinstance(self.cache, list) or not all(isinstance(c, CachePolicy) for c in self.cache):
+            raise PlanError(f"{where}: cache must be a list of cache policies, got {_kind(self.cache)}")
         if len(set(self.kept_heads)) != len(self.kept_heads):
             raise PlanError(f"{where}: kept_heads has duplicates")
         if any(not 0 <= h < self.num_heads for h in self.kept_heads):
@@ -128,12 +208,17 @@ class HeadPlan:
     def full(cls, num_layers: int, num_heads: int, num_kv_heads: int | None = None,
              head_dim: int | None = None) -> HeadPlan:
         """The identity plan: every head kept, standard softmax, full caches."""
+        _check_int(num_layers, "num_layers", 1)
         return cls([LayerPlan.full(num_heads, num_kv_heads) for _ in range(num_layers)], head_dim)
 
     def check(self) -> HeadPlan:
         """Raise PlanError if the plan is inconsistent; return self."""
+        if not isinstance(self.layers, list) or not all(isinstance(x, LayerPlan) for x in self.layers):
+            raise PlanError(f"plan layers must be a list of LayerPlan, got {_kind(self.layers)}")
         if not self.layers:
             raise PlanError("plan has no layers")
+        if self.head_dim is not None:
+            _check_int(self.head_dim, "head_dim", 1)
         for i, layer in enumerate(self.layers):
             layer.check(i)
         return self
@@ -163,26 +248,18 @@ class HeadPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadPlan:
-        """Build and check a plan from its JSON form."""
-        try:
-            if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-                raise PlanError(f"unsupported plan format {data.get('format')!r}")
-            layers = [
-                LayerPlan(
-                    num_heads=int(ld["num_heads"]),
-                    kept_heads=[int(h) for h in ld["kept_heads"]],
-                    kv_heads=[int(k) for k in ld["kv_heads"]],
-                    num_kv_heads=int(ld["num_kv_heads"]),
-                    softmax=Softmax(**ld.get("softmax", {})),
-                    gated=bool(ld.get("gated", False)),
-                    cache=[CachePolicy(**c) for c in ld.get("cache", [])],
-                )
-                for ld in data["layers"]
-            ]
-        except PlanError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"malformed plan: {type(exc).__name__}: {exc}") from None
+        """Build and check a plan from its JSON form; PlanError names the first bad field."""
+        _check_object(data, "plan")
+        fmt = data.get("format", PLAN_FORMAT)
+        if not _is_int(fmt) or fmt != PLAN_FORMAT:
+            raise PlanError(f"unsupported plan format {fmt!r} (this edgert reads format {PLAN_FORMAT})"
+                            if isinstance(fmt, (int, float, str)) else
+                            f"plan format must be an integer, got {_kind(fmt)}")
+        if "layers" not in data:
+            raise PlanError("malformed plan: no 'layers'")
+        if not isinstance(data["layers"], list):
+            raise PlanError(f"malformed plan: 'layers' must be a list, got {_kind(data['layers'])}")
+        layers = [_layer_from_dict(ld, i) for i, ld in enumerate(data["layers"])]
         return cls(layers, data.get("head_dim")).check()
 
     def to_json(self) -> str:
@@ -190,12 +267,15 @@ class HeadPlan:
 
     @classmethod
     def from_json(cls, text: str) -> HeadPlan:
+        """Parse and check a plan from JSON text."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise PlanError(f"plan JSON must be a string, got {type(text).__name__}")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"plan is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8 bytes, deep nesting
+            raise PlanError(f"plan is not valid JSON: {first_line(exc)}") from None
         if not isinstance(data, dict):
-            raise PlanError("plan JSON must be an object")
+            raise PlanError(f"plan JSON must be an object, got {_kind(data)}")
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
@@ -205,10 +285,8 @@ class HeadPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> HeadPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"plan file not found: {path}")
-        return cls.from_json(path.read_text())
+        """Read and check a plan JSON file."""
+        return cls.from_json(_read_text(_plan_path(path, "plan path"), "plan file"))
 
     @classmethod
     def from_duo_attention_tsv(cls, path: str | Path, num_heads: int, *, retrieval_fraction: float,
@@ -216,21 +294,25 @@ class HeadPlan:
         """Load DuoAttention's `full_attention_heads.tsv` (one row per layer, one gate
         per kv head): the `retrieval_fraction` highest gates keep a full cache, the rest
         become streaming heads with `sink` + `recent` tokens."""
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"pattern file not found: {path}")
-        if not 0 <= retrieval_fraction <= 1:
-            raise PlanError("retrieval_fraction must lie in [0, 1]")
+        path = _plan_path(path, "pattern path")
+        _check_int(num_heads, "num_heads", 1)
+        _check_int(sink, "sink", 0)
+        _check_int(recent, "recent", 1)
+        if (isinstance(retrieval_fraction, bool) or not isinstance(retrieval_fraction, numbers.Real)
+                or not 0 <= retrieval_fraction <= 1):
+            raise PlanError("retrieval_fraction must be a number in [0, 1]")
+        text = _read_text(path, "pattern file")
         try:
-            rows = [[float(v) for v in line.split("\t")]
-                    for line in path.read_text().splitlines() if line.strip()]
+            rows = [[float(v) for v in line.split("\t")] for line in text.splitlines() if line.strip()]
         except ValueError as exc:
-            raise PlanError(f"{path}: not a tab-separated table of floats ({exc})") from None
+            raise PlanError(f"{_shown(path)}: not a tab-separated table of floats ({exc})") from None
         if not rows or len({len(r) for r in rows}) != 1:
-            raise PlanError(f"{path}: rows must be non-empty and of equal length")
+            raise PlanError(f"{_shown(path)}: rows must be non-empty and of equal length")
+        if not all(math.isfinite(v) for r in rows for v in r):
+            raise PlanError(f"{_shown(path)}: gates must be finite numbers")
         num_kv = len(rows[0])
         if num_heads % num_kv:
-            raise PlanError(f"{path}: {num_kv} kv heads do not divide {num_heads} query heads")
+            raise PlanError(f"{_shown(path)}: {num_kv} kv heads do not divide {num_heads} query heads")
         gates = sorted(v for r in rows for v in r)
         keep = math.ceil(retrieval_fraction * len(gates))
         threshold = gates[len(gates) - keep] if keep else math.inf
@@ -271,7 +353,60 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        plan = data.pop("plan", None)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        """Parse a manifest; ModelLoadError (PlanError for its plan) names the first bad field.
+        Unknown fields are ignored, so newer manifests still load."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ModelLoadError(f"manifest is not valid JSON: {first_line(exc)}") from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"manifest must be a JSON object, got {_kind(data)}")
+        for name, kinds in MANIFEST_FIELDS.items():
+            if name not in data:
+                if name in MANIFEST_REQUIRED:
+                    raise ModelLoadError(f"manifest has no {name!r}")
+                continue
+            if not isinstance(data[name], kinds) or isinstance(data[name], bool):
+                raise ModelLoadError(f"manifest field {name!r} must be "
+                                     f"{' or '.join(_TYPE_WORDS[k] for k in kinds)}, got {_kind(data[name])}")
+        for name in ("inputs", "dims"):
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.get(name, {}).items()):
+                raise ModelLoadError(f"manifest field {name!r} must map names to role strings")
+        for name, value in (data.get("text") or {}).items():
+            if name in ("max_length", "vocab_size") and not (_is_int(value) and value >= 1):
+                raise ModelLoadError(f"manifest text.{name} must be an integer >= 1, got {_kind(value)}")
+        plan = data.get("plan")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "plan"}
         return cls(**known, plan=HeadPlan.from_dict(plan) if plan else None)
+
+
+# The manifest fields a reader relies on and the JSON types each may have.
+MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "edgert_version": (str,), "source": (str,), "task": (str,), "opset": (int,),
+    "inputs": (dict,), "dims": (dict,), "validation": (dict,), "text": (dict, type(None)),
+    "plan": (dict, type(None)), "extra": (dict,),
+}
+MANIFEST_REQUIRED = ("edgert_version", "source", "task", "opset")
+
+
+def _layer_from_dict(data: object, index: int) -> LayerPlan:
+    """One plan layer from its JSON form (LayerPlan.check does the rest)."""
+    where = f"layer {index}"
+    _check_object(data, where)
+    missing = [k for k in ("num_heads", "kept_heads", "kv_heads", "num_kv_heads") if k not in data]
+    if missing:
+        raise PlanError(f"malformed plan: {where} has no {missing[0]!r}")
+    softmax = data.get("softmax", {})
+    _check_object(softmax, f"{where}: softmax")
+    cache = data.get("cache", [])
+    if not isinstance(cache, list):
+        raise PlanError(f"{where}: cache must be a list, got {_kind(cache)}")
+    for k, policy in enumerate(cache):
+        _check_object(policy, f"{where} kv head {k}: cache policy")
+    try:
+        return LayerPlan(num_heads=data["num_heads"], kept_heads=data["kept_heads"],
+                         kv_heads=data["kv_heads"], num_kv_heads=data["num_kv_heads"],
+                         softmax=Softmax(**softmax), gated=data.get("gated", False),
+                         cache=[CachePolicy(**c) for c in cache])
+    except TypeError as exc:  # an unknown field in softmax or a cache policy
+        raise PlanError(f"malformed plan: {where}: {first_line(exc)}") from None

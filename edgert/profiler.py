@@ -2,25 +2,30 @@
 
 Several models are timed interleaved in blocks in one process, so a noisy machine
 slows them alike and the ratios stay honest. Each model is also timed alone first;
-the report flags models whose alone and interleaved medians disagree (see DESIGN.md:
-ONNX Runtime's spinning intra-op threads can slow sessions that alternate).
+the report flags models whose alone and interleaved medians disagree (ONNX Runtime's
+spinning intra-op threads can slow sessions that alternate) and says what to try.
 """
 
 from __future__ import annotations
 
 import gc
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from edgert.devices import DEVICES
 from edgert.errors import EdgertError
-from edgert.session import Session, session_options
+from edgert.session import Session, check_threads, session_options
 from edgert.synth import synthesize_inputs
 
 AGREEMENT_TOLERANCE = 0.15  # alone vs interleaved p50 may differ this much before we warn
+MAX_ITERS = 100_000  # per model, for --iters and --warmup: past this a run is a typo, not a benchmark
+MAX_BATCH = 65_536  # far past any edge workload; memory is checked per model as well
 
 
 @dataclass
@@ -60,12 +65,33 @@ class BenchConfig:
     block: int | None = None  # iterations per interleaved block; None: iters // 10
     spin: bool = True  # ONNX Runtime's default; False disables intra-op thread spinning
 
-    def check(self) -> None:
-        for name in ("batch", "seq", "iters"):
-            if getattr(self, name) < 1:
-                raise EdgertError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise EdgertError(f"warmup must be >= 0, got {self.warmup}")
+    def check(self) -> BenchConfig:
+        """Raise EdgertError naming the first field out of its bounds; return self.
+
+        The model-dependent limits (sequence length, memory) are checked per model when
+        its inputs are made (Session.check_shapes)."""
+        for name, low, high in (("batch", 1, MAX_BATCH), ("seq", 1, None), ("iters", 1, MAX_ITERS),
+                                ("warmup", 0, MAX_ITERS), ("block", 1, None)):
+            value = getattr(self, name)
+            if name == "block" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise EdgertError(f"{name} must be a whole number, got {type(value).__name__}")
+            if value < low or (high is not None and value > high):
+                bounds = f"lie in {low}..{high}" if high is not None else f"be >= {low}"
+                raise EdgertError(f"{name} must {bounds}, got {value}")
+        check_threads(self.threads)
+        if not isinstance(self.device, str) or self.device not in DEVICES:
+            raise EdgertError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not isinstance(self.spin, bool):
+            raise EdgertError(f"spin must be True or False, got {type(self.spin).__name__}")
+        if not isinstance(self.shapes, dict) or not all(
+                isinstance(k, str) and isinstance(v, tuple) and v
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)
+                for k, v in self.shapes.items()):
+            raise EdgertError("shapes must map input names to tuples of sizes >= 1, "
+                              "e.g. {'pixel_values': (1, 3, 224, 224)}")
+        return self
 
 
 @dataclass
@@ -172,6 +198,11 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
     `progress` is called with the number of iterations just finished; the total is
     total_iterations(len(paths), config).
     """
+    paths = _model_paths(paths)
+    if not isinstance(config, BenchConfig):
+        raise EdgertError(f"config must be a BenchConfig, got {type(config).__name__}")
+    if progress is not None and not callable(progress):
+        raise EdgertError(f"progress must be callable, got {type(progress).__name__}")
     config.check()
     results, devices = [], set()
     for path in paths:
@@ -199,17 +230,47 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
                          interleaved=len(paths) > 1)
     if len(paths) > 1:
         _interleave(paths, config, results, progress)
-        for r in results:
+        for index, r in enumerate(results, 1):
             drift = r.latency_ms.p50 / r.alone_latency_ms.p50 - 1
             r.alone_agrees = abs(drift) <= AGREEMENT_TOLERANCE
             if not r.alone_agrees:
-                report.warnings.append(
-                    f"{r.path}: median {r.alone_latency_ms.p50:.3f} ms alone vs "
-                    f"{r.latency_ms.p50:.3f} ms interleaved ({drift:+.0%}); ratios may be skewed")
+                report.warnings.append(disagreement_warning(index, r, config))
         first = results[0].latency_ms.p50
         for r in results:
             r.speedup_vs_first = first / r.latency_ms.p50
     return report
+
+
+def _model_paths(paths: object) -> list[str]:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise EdgertError("paths must be a list of model paths, not one path; e.g. [path]")
+    if not isinstance(paths, Sequence) or not paths:
+        raise EdgertError("paths must be a non-empty list of model paths")
+    for path in paths:
+        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+            raise EdgertError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
+    return [os.fspath(p) for p in paths]
+
+
+def disagreement_warning(index: int, result: ModelResult, config: BenchConfig) -> str:
+    """What it means that model `index` ran at another speed interleaved than alone, and what to try."""
+    alone, mixed = result.alone_latency_ms.p50, result.latency_ms.p50
+    drift = mixed / alone - 1
+    model = f"model {index} ({Path(result.path).name})"
+    figures = f"median {alone:.3f} ms alone, {mixed:.3f} ms interleaved"
+    if drift > 0:
+        why = ("ONNX Runtime's idle threads spin between runs" if config.spin
+               else "they compete for the same cores and caches")
+        tries = (["--no-spin"] if config.spin else []) + (
+            ["fewer --threads"] if config.threads is None or config.threads > 1 else []) + ["more --iters"]
+        tries_words = ", ".join(tries[:-1]) + (" or " if len(tries) > 1 else "") + tries[-1]
+        return (f"{model} ran {drift:.0%} slower interleaved with the others than alone ({figures}): "
+                f"the sessions disturb each other ({why}), so the speedup column is unreliable; "
+                f"rerun with {tries_words}")
+    return (f"{model} ran {-drift:.0%} faster interleaved with the others than alone ({figures}): "
+            "the machine's speed changed between the two measurements (other load, CPU clock), "
+            "so the speedup column is unreliable; rerun with more --warmup and --iters on a "
+            "quieter machine")
 
 
 def _interleave(paths: Sequence[str], config: BenchConfig, results: list[ModelResult],

@@ -1,8 +1,19 @@
-"""Session: an ONNX model loaded in ONNX Runtime, with inputs checked before every run."""
+"""Session: an ONNX model loaded in ONNX Runtime, with inputs checked before every run.
+
+Checks happen before ONNX Runtime sees anything, so a user mistake is one EdgertError
+naming the limit: thread counts against the cores this process may use, input names,
+dtypes and shapes against the signature, and (for models exported by edgert) sequence
+length, token ids and attention masks against the manifest, and the memory one run needs
+against the memory available. ONNX Runtime's own C++ log is silenced: its errors reach the
+caller as exceptions.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +36,30 @@ ORT_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+# Dimension and input names written by the common exporters (torch.onnx, Optimum, edgert),
+# used when the model carries no edgert manifest saying what its dims and inputs mean.
+CONVENTIONAL_DIMS = {
+    "batch": "batch", "batch_size": "batch", "N": "batch",
+    "sequence": "sequence", "sequence_length": "sequence", "seq_len": "sequence",
+    "seq": "sequence", "S": "sequence",
+}
+CONVENTIONAL_INPUTS = {
+    "input_ids": "input_ids", "attention_mask": "attention_mask",
+    "token_type_ids": "token_type_ids", "position_ids": "position_ids",
+}
+
+# More intra-op threads than cores only adds contention; up to this many per usable core
+# are allowed (some users oversubscribe on purpose), beyond it a typo like 100000 would
+# have ONNX Runtime create every thread before failing.
+THREADS_PER_CORE = 2
+# FATAL only: ONNX Runtime's errors reach the caller as exceptions, its warnings are noise.
+ORT_LOG_SEVERITY = 4
+# The memory estimate's activations: a transformer layer holds at least its input and its
+# output hidden states [batch, sequence, hidden] at once (the residual connection), whatever
+# its kernels fuse. A floor, not the peak: MiniLM's measured peak is 12-18x it (README).
+HIDDEN_STATES_HELD = 2
+_ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 Dim = int | str | None  # static size, symbolic name, or unnamed dynamic
 
@@ -49,33 +84,126 @@ class TensorSpec:
         return f"{self.name}: {self.dtype.name}[{dims}]"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS has one, else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: object) -> int | None:
+    """Return `threads` as an int (None stays None: ONNX Runtime's default), or raise
+    EdgertError unless it is a whole number in 1..THREADS_PER_CORE x usable_cores()."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise EdgertError(f"threads must be a whole number, got {_shown_value(threads)}")
+    cores = usable_cores()
+    limit = THREADS_PER_CORE * cores
+    if not 1 <= threads <= limit:
+        raise EdgertError(f"threads must lie in 1..{limit} ({THREADS_PER_CORE} per core for the "
+                          f"{cores} cores this process may use), got {threads}")
+    return int(threads)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux): what can be allocated without swapping; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def quiet_onnxruntime() -> None:
+    """Silence ONNX Runtime's process-wide default logger too (execution-provider loading
+    logs there, not through a session). For command-line tools: it affects the whole process."""
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+
+
 def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
     """ONNX Runtime options: `threads` intra-op threads (None: ONNX Runtime's default);
-    spin=False stops idle intra-op threads from busy-waiting (fairer when sessions alternate)."""
+    spin=False stops idle intra-op threads from busy-waiting (fairer when sessions alternate).
+    ONNX Runtime's C++ log is silenced (its errors still raise)."""
+    threads = check_threads(threads)
+    if not isinstance(spin, bool):
+        raise EdgertError(f"spin must be True or False, got {_shown_value(spin)}")
     options = ort.SessionOptions()
+    options.log_severity_level = ORT_LOG_SEVERITY
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
-        if threads < 1:
-            raise EdgertError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 
 
+def model_path(value: object) -> Path:
+    """`value` as the Path of an existing, non-empty regular file, or ModelLoadError."""
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(value).__name__}")
+    try:
+        path = Path(value)
+    except TypeError as exc:  # a PathLike whose __fspath__ returns bytes
+        raise ModelLoadError(f"model path must be a str or os.PathLike: {first_line(exc)}") from None
+    if not str(value).strip():
+        raise ModelLoadError("model path is empty")
+    if "\0" in str(path):
+        raise ModelLoadError("model path contains a NUL character")
+    try:
+        if not path.exists():
+            raise ModelLoadError(f"model not found: {shown_path(path)}")
+        if not path.is_file():
+            raise ModelLoadError(f"model path is not a file: {shown_path(path)}")
+        if path.stat().st_size == 0:
+            raise ModelLoadError(f"model file is empty: {shown_path(path)}")
+    except OSError as exc:  # name too long, permission denied on a parent, ...
+        raise ModelLoadError(f"cannot read model {shown_path(path)}: {exc.strerror or exc}") from None
+    return path
+
+
 def create_ort_session(path: Path, providers: list[str],
                        options: ort.SessionOptions) -> ort.InferenceSession:
     """Create an ONNX Runtime session, turning load failures into ModelLoadError."""
-    if not path.exists():
-        raise ModelLoadError(f"model not found: {path}")
-    if not path.is_file():
-        raise ModelLoadError(f"model path is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"model file is empty: {path}")
+    path = model_path(path)
     try:
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types here
-        raise ModelLoadError(f"cannot load {path} as an ONNX model: {first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load {shown_path(path)} as an ONNX model: "
+                             f"{ort_message(exc)}") from None
+
+
+def ort_message(exc: BaseException) -> str:
+    """The first line of an ONNX Runtime exception without its `[ONNXRuntimeError] : 2 : CODE :` prefix."""
+    return _ORT_STATUS.sub("", first_line(exc))
+
+
+def shown_path(path: object) -> str:
+    """A path as one printable line (repr-quoted when it holds control characters)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _shown_value(value: object) -> str:
+    """A short one-line description of a value a user passed by mistake."""
+    if isinstance(value, (str, bytes, bool, numbers.Number)) and len(repr(value)) <= 40:
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__
+
+
+def _dtype_label(dtype: np.dtype) -> str:
+    return {"U": "str", "S": "bytes", "O": "object", "V": "void"}.get(dtype.kind, dtype.name)
+
+
+def _megabytes(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 class Session:
@@ -83,7 +211,14 @@ class Session:
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None,
                  strict: bool = False, options: ort.SessionOptions | None = None):
-        self.path = Path(path)
+        threads = check_threads(threads)
+        if options is not None and not isinstance(options, ort.SessionOptions):
+            raise EdgertError(f"options must be an onnxruntime.SessionOptions, got {type(options).__name__}")
+        if options is not None and threads is not None:
+            raise EdgertError("give threads or options, not both (set intra_op_num_threads in the options)")
+        if not isinstance(strict, bool):
+            raise EdgertError(f"strict must be True or False, got {_shown_value(strict)}")
+        self.path = model_path(path)
         self.device, providers = resolve_device(device, strict=strict)
         self.threads = threads
         self._ort = create_ort_session(self.path, providers, options or session_options(threads))
@@ -104,7 +239,8 @@ class Session:
         try:
             return Manifest.from_json(text)
         except (ValueError, TypeError, EdgertError) as exc:
-            raise ModelLoadError(f"{self.path}: corrupt edgert manifest ({exc})") from None
+            raise ModelLoadError(f"{shown_path(self.path)}: corrupt edgert manifest "
+                                 f"({first_line(exc)})") from None
 
     @property
     def providers(self) -> list[str]:
@@ -118,12 +254,40 @@ class Session:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]
 
+    def input_role(self, name: str) -> str | None:
+        """What input `name` holds (input_ids, attention_mask, token_type_ids, position_ids):
+        from the manifest, else from the conventional input names; None if unknown."""
+        roles = self.manifest.inputs if self.manifest else {}
+        return roles.get(name) or CONVENTIONAL_INPUTS.get(name)
+
+    def dim_role(self, dim: Dim) -> str | None:
+        """What a symbolic dimension means (batch, sequence): from the manifest, else from
+        the conventional dimension names; None if unknown."""
+        if not isinstance(dim, str):
+            return None
+        roles = self.manifest.dims if self.manifest else {}
+        return roles.get(dim) or CONVENTIONAL_DIMS.get(dim)
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence the model takes (manifest text.max_length), None if unknown."""
+        text = self.manifest.text if self.manifest else None
+        return (text or {}).get("max_length")
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Token ids must lie in [0, vocab_size) (manifest text.vocab_size), None if unknown."""
+        text = self.manifest.text if self.manifest else None
+        return (text or {}).get("vocab_size")
+
     def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
-        """Return `feeds` as numpy arrays, or raise InputError naming the first mismatch."""
+        """Return `feeds` as numpy arrays, or raise InputError naming the first mismatch:
+        names, dtypes, ranks, static dims, one size per symbolic dim, then the limits
+        (check_shapes) and, for models with a manifest, token ids and attention masks."""
         if not isinstance(feeds, Mapping):
-            raise InputError("inputs must be a mapping of input name to array")
+            raise InputError(f"inputs must be a mapping of input name to array, got {type(feeds).__name__}")
         expected = {s.name: s for s in self.inputs}
-        unknown = sorted(set(feeds) - set(expected))
+        unknown = sorted((k for k in feeds if k not in expected), key=repr)
         if unknown:
             raise InputError(f"unknown input {unknown[0]!r}; the model takes {', '.join(expected)}")
         missing = [n for n in expected if n not in feeds]
@@ -132,9 +296,9 @@ class Session:
         arrays: dict[str, np.ndarray] = {}
         symbols: dict[str, tuple[int, str]] = {}
         for name, spec in expected.items():
-            array = np.asarray(feeds[name])
+            array = _as_array(name, feeds[name])
             if array.dtype != spec.dtype:
-                raise InputError(f"input {name!r} must be {spec.dtype.name}, got {array.dtype.name}")
+                raise InputError(f"input {name!r} must be {spec.dtype.name}, got {_dtype_label(array.dtype)}")
             if array.ndim != len(spec.shape):
                 raise InputError(f"input {name!r} must have rank {len(spec.shape)} "
                                  f"({spec.describe()}), got shape {array.shape}")
@@ -148,16 +312,121 @@ class Session:
                         raise InputError(f"dimension {dim!r} is {seen[0]} in input {seen[1]!r} "
                                          f"but {size} in input {name!r}")
             arrays[name] = np.ascontiguousarray(array)
+        self.check_shapes({name: a.shape for name, a in arrays.items()})
+        for name, array in arrays.items():
+            self._check_values(name, array)
         return arrays
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], *, allocating: bool = False) -> None:
+        """Raise InputError if inputs of these shapes break a limit known before running:
+        an empty batch or sequence axis, a sequence longer than the manifest's max_length,
+        or more memory than is available (estimate_run_bytes; with `allocating` the inputs
+        themselves still have to be allocated and count too)."""
+        limit = self.max_length
+        for spec in self.inputs:
+            shape = shapes.get(spec.name, ())
+            for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+                role = self.dim_role(dim)
+                if role in ("batch", "sequence") and size < 1:
+                    raise InputError(f"input {spec.name!r} has an empty {role} axis (axis {axis}, "
+                                     f"shape {tuple(shape)}); give at least one "
+                                     + ("example" if role == "batch" else "token"))
+                if role == "sequence" and limit is not None and size > limit:
+                    raise InputError(f"sequence length {size} (input {spec.name!r} axis {axis}) is "
+                                     f"longer than the model's max_length {limit}")
+        available = available_memory_bytes()
+        if available is None:
+            return
+        inputs = sum(math.prod(shapes.get(s.name, ())) * s.dtype.itemsize for s in self.inputs)
+        outputs, activations = self.estimate_run_bytes(shapes)
+        needed = outputs + activations + (inputs if allocating else 0)
+        if needed > available:
+            parts = ([f"inputs {_megabytes(inputs)}"] if allocating else []) + [
+                f"outputs {_megabytes(outputs)}", f"activations at least {_megabytes(activations)}"]
+            raise InputError(f"{self._shape_words(shapes)} needs about {_megabytes(needed)} "
+                             f"({', '.join(parts)}), more than the {_megabytes(available)} of memory "
+                             "available; use a smaller batch or shorter sequences")
+
+    def estimate_run_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
+        """(output bytes, activation bytes) one run on inputs of these shapes needs, at least.
+
+        Outputs: every output whose dims are static or shared with the inputs. Activations
+        (models with a manifest plan that records head_dim): HIDDEN_STATES_HELD hidden
+        states [batch, sequence, heads x head_dim] in float32. A floor, so it never refuses
+        a run that would fit; it exists to stop absurd batches before ONNX Runtime takes
+        the machine's memory.
+        """
+        sizes: dict[str, int] = {}
+        for spec in self.inputs:
+            for dim, size in zip(spec.shape, shapes.get(spec.name, ())):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+        outputs = 0
+        for spec in self.outputs:
+            dims = [d if isinstance(d, int) else sizes.get(d) if isinstance(d, str) else None
+                    for d in spec.shape]
+            if None not in dims:
+                outputs += math.prod(dims) * spec.dtype.itemsize
+        by_role = {self.dim_role(dim): size for dim, size in sizes.items()}
+        plan = self.manifest.plan if self.manifest else None
+        activations = 0
+        if plan is not None and plan.head_dim and "sequence" in by_role:
+            hidden = max(layer.num_heads for layer in plan.layers) * plan.head_dim
+            activations = HIDDEN_STATES_HELD * by_role.get("batch", 1) * by_role["sequence"] * hidden * 4
+        return outputs, activations
+
+    def _shape_words(self, shapes: Mapping[str, tuple[int, ...]]) -> str:
+        """`batch 8 x sequence 128`, or the input shapes when the dims have no known roles."""
+        roles: dict[str, int] = {}
+        for spec in self.inputs:
+            for dim, size in zip(spec.shape, shapes.get(spec.name, ())):
+                role = self.dim_role(dim)
+                if role in ("batch", "sequence"):
+                    roles.setdefault(role, size)
+        if roles:
+            return " x ".join(f"{role} {size}" for role, size in sorted(roles.items()))
+        return "inputs of shapes " + ", ".join(str(tuple(s)) for s in shapes.values())
+
+    def _check_values(self, name: str, array: np.ndarray) -> None:
+        """Token ids in [0, vocab_size) and 0/1 attention masks, for models with a manifest."""
+        if self.manifest is None or array.size == 0 or array.dtype.kind not in "iu":
+            return
+        role = self.input_role(name)
+        if role == "input_ids" and self.vocab_size is not None:
+            bad = (array < 0) | (array >= self.vocab_size)
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise InputError(f"input {name!r} holds token id {array[where]} at {list(where)}; "
+                                 f"ids must lie in [0, {self.vocab_size}) (the model's vocab_size)")
+        elif role == "attention_mask":
+            bad = (array != 0) & (array != 1)
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise InputError(f"input {name!r} holds {array[where]} at {list(where)}; an "
+                                 "attention mask holds 1 for a token and 0 for padding")
+
+    def _output_names(self, output_names: object) -> list[str]:
+        if output_names is None:
+            return self.output_names
+        if isinstance(output_names, (str, bytes)):
+            raise InputError(f"output_names must be a list of names, not the string {output_names!r}; "
+                             f"e.g. [{output_names!r}]")
+        if not isinstance(output_names, Sequence):
+            raise InputError("output_names must be a list of output names, "
+                             f"got {type(output_names).__name__}")
+        if not output_names:
+            raise InputError("output_names is empty; give None for every output")
+        bad = [n for n in output_names if not isinstance(n, str) or n not in self.output_names]
+        if bad:
+            shown = repr(bad[0]) if isinstance(bad[0], str) else _shown_value(bad[0])
+            raise InputError(f"unknown output {shown}; the model has {', '.join(self.output_names)}")
+        return list(output_names)
 
     def run(self, feeds: Mapping[str, object], output_names: Sequence[str] | None = None
             ) -> dict[str, np.ndarray]:
         """Check named inputs, run the model, return {output name: array}."""
         arrays = self.check_inputs(feeds)
-        names = list(output_names) if output_names else self.output_names
-        bad = [n for n in names if n not in self.output_names]
-        if bad:
-            raise InputError(f"unknown output {bad[0]!r}; the model has {', '.join(self.output_names)}")
+        names = self._output_names(output_names)
         return dict(zip(names, self.run_unchecked(arrays, names)))
 
     def run_unchecked(self, arrays: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
@@ -165,30 +434,37 @@ class Session:
         """Run without input checks (for timing loops whose inputs were checked once)."""
         try:
             return self._ort.run(list(output_names) if output_names else None, dict(arrays))
-        except Exception as exc:  # a value ONNX Runtime rejects, e.g. an out-of-range token id
-            raise InputError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
+        except Exception as exc:  # a value ONNX Runtime rejects that no check above knew of
+            raise InputError(f"ONNX Runtime rejected the inputs: {ort_message(exc)}") from None
 
     @property
     def tokenizer(self):
-        """The TextTokenizer stored in the model (raises EdgertError if there is none)."""
+        """The TextTokenizer stored in the model (raises InputError if there is none)."""
         if self._tokenizer is None:
             from edgert.text import TextTokenizer
 
             tokenizer_json = self.metadata.get(TOKENIZER_KEY)
-            if tokenizer_json is None or self.manifest is None or not self.manifest.text:
-                raise EdgertError(f"{self.path.name} carries no tokenizer; feed token ids instead")
-            self._tokenizer = TextTokenizer(tokenizer_json,
-                                            max_length=self.manifest.text["max_length"],
+            if tokenizer_json is None or self.max_length is None:
+                raise InputError(f"{shown_path(self.path.name)} carries no tokenizer; feed token ids instead")
+            self._tokenizer = TextTokenizer(tokenizer_json, max_length=self.max_length,
                                             input_roles=self.manifest.inputs)
         return self._tokenizer
 
     def run_text(self, texts: str | Sequence[str], output_names: Sequence[str] | None = None
                  ) -> dict[str, np.ndarray]:
-        """Tokenize `texts` with the model's own tokenizer and run."""
+        """Tokenize `texts` (a string or a list of strings) with the model's own tokenizer and run."""
         return self.run(self.tokenizer(texts), output_names)
 
     def __repr__(self) -> str:
         return f"Session({str(self.path)!r}, device={self.device!r})"
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    """`value` as a numpy array, or InputError for what numpy cannot make one of."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged nested lists, odd objects
+        raise InputError(f"input {name!r} is not a rectangular array: {first_line(exc)}") from None
 
 
 def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None, *,
@@ -197,6 +473,7 @@ def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = Non
 
     device: cpu, cuda, tensorrt or auto (the fastest available). An unavailable device
     falls back to cpu with a warning, or raises DeviceUnavailableError when `strict`.
-    threads: intra-op threads; None keeps ONNX Runtime's default (one per core).
+    threads: intra-op threads, 1 to 2 per core this process may use; None keeps ONNX
+    Runtime's default (one per physical core).
     """
     return Session(path, device=device, threads=threads, strict=strict)

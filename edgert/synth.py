@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from edgert.errors import ShapeError
-from edgert.session import Session, TensorSpec
+from edgert.errors import EdgertError, ShapeError
+from edgert.session import CONVENTIONAL_DIMS, CONVENTIONAL_INPUTS, Session, TensorSpec
 
-# Dimension and input names written by the common exporters (torch.onnx, Optimum, edgert),
-# used only when the model carries no edgert manifest saying what its dims mean.
-CONVENTIONAL_DIMS = {
-    "batch": "batch", "batch_size": "batch", "N": "batch",
-    "sequence": "sequence", "sequence_length": "sequence", "seq_len": "sequence",
-    "seq": "sequence", "S": "sequence",
-}
-CONVENTIONAL_INPUTS = {
-    "input_ids": "input_ids", "attention_mask": "attention_mask",
-    "token_type_ids": "token_type_ids", "position_ids": "position_ids",
-}
+__all__ = ["CONVENTIONAL_DIMS", "CONVENTIONAL_INPUTS", "parse_shape_overrides", "resolve_shape",
+           "synthesize_inputs"]
 
 
 def parse_shape_overrides(items: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
     """Parse `NAME:2x128` strings into {NAME: (2, 128)}."""
+    if isinstance(items, str) or not isinstance(items, (tuple, list)):
+        raise ShapeError("shape overrides must be a list of NAME:DIMxDIM strings, "
+                         f"got {type(items).__name__}")
     shapes = {}
     for item in items:
+        if not isinstance(item, str):
+            raise ShapeError(f"bad --shape of type {type(item).__name__}; expected a NAME:DIMxDIM string")
         name, sep, dims = item.rpartition(":")
         try:
             if not sep or not name:
@@ -32,7 +30,8 @@ def parse_shape_overrides(items: tuple[str, ...] | list[str]) -> dict[str, tuple
             if any(d < 1 for d in shapes[name]):
                 raise ValueError
         except ValueError:
-            raise ShapeError(f"bad --shape {item!r}; expected NAME:DIMxDIM..., e.g. input_ids:1x128") from None
+            raise ShapeError(f"bad --shape {item!r}; expected NAME:DIMxDIM..., "
+                             "e.g. input_ids:1x128") from None
     return shapes
 
 
@@ -62,20 +61,39 @@ def resolve_shape(spec: TensorSpec, sizes: dict[str, int], dim_roles: dict[str, 
     return tuple(shape)
 
 
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise EdgertError(f"{name} must be a whole number >= 1, got {value!r}"
+                          if isinstance(value, (numbers.Number, str)) else
+                          f"{name} must be a whole number >= 1, got {type(value).__name__}")
+    return int(value)
+
+
 def synthesize_inputs(session: Session, *, batch: int, seq: int,
                       overrides: dict[str, tuple[int, ...]] | None = None,
                       seed: int = 0) -> dict[str, np.ndarray]:
     """Make one input dict that fits `session`: token ids, an all-ones attention mask,
-    zero token types, and standard-normal floats."""
+    zero token types, and standard-normal floats.
+
+    The shapes are checked against the model's limits (Session.check_shapes: sequence
+    length, available memory) before anything is allocated.
+    """
+    if not isinstance(session, Session):
+        raise EdgertError(f"session must be an edgert Session, got {type(session).__name__}")
+    batch, seq = _positive("batch", batch), _positive("seq", seq)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ShapeError(f"overrides must be a dict of input name to shape, got {type(overrides).__name__}")
     manifest = session.manifest
     dim_roles = manifest.dims if manifest else {}
-    input_roles = manifest.inputs if manifest else {}
-    vocab = (manifest.text or {}).get("vocab_size", 1000) if manifest else 1000
+    vocab = session.vocab_size or 1000
+    shapes = {spec.name: resolve_shape(spec, {"batch": batch, "sequence": seq}, dim_roles, overrides or {})
+              for spec in session.inputs}
+    session.check_shapes(shapes, allocating=True)
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
-        shape = resolve_shape(spec, {"batch": batch, "sequence": seq}, dim_roles, overrides or {})
-        role = input_roles.get(spec.name) or CONVENTIONAL_INPUTS.get(spec.name)
+        shape = shapes[spec.name]
+        role = session.input_role(spec.name)
         if spec.dtype.kind == "f":
             array = rng.standard_normal(shape).astype(spec.dtype)
         elif role == "input_ids":
@@ -88,3 +106,4 @@ def synthesize_inputs(session: Session, *, batch: int, seq: int,
             array = np.zeros(shape, dtype=spec.dtype)
         feeds[spec.name] = array
     return feeds
+

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgert.errors import DependencyError, EdgertError
+from edgert.errors import DependencyError, InputError, ModelLoadError, first_line
 
 
 class TextTokenizer:
@@ -26,7 +26,10 @@ class TextTokenizer:
             raise DependencyError(
                 "tokenizing text needs the `tokenizers` package: pip install 'edgert[text]'"
             ) from None
-        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # tokenizers raises its own Exception type for bad JSON
+            raise ModelLoadError(f"the model's tokenizer cannot be read: {first_line(exc)}") from None
         self._tokenizer.enable_truncation(max_length=max_length)
         padding = self._tokenizer.padding or {}
         self._tokenizer.enable_padding(pad_id=padding.get("pad_id", 0),
@@ -35,15 +38,32 @@ class TextTokenizer:
         self.input_roles = dict(input_roles)
 
     def __call__(self, texts: str | Sequence[str]) -> dict[str, np.ndarray]:
-        """Return {input name: int64 array [batch, sequence]} for `texts`."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise EdgertError("text input must be one or more strings")
-        encodings = self._tokenizer.encode_batch(list(texts))
+        """Return {input name: int64 array [batch, sequence]} for `texts` (a string or a
+        non-empty list of strings); InputError for anything else."""
+        texts = _text_list(texts)
+        try:
+            encodings = self._tokenizer.encode_batch(texts)
+        except Exception as exc:  # e.g. lone surrogates the Rust side cannot encode
+            raise InputError(f"cannot tokenize the text: {first_line(exc)}") from None
         by_role = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         return {name: by_role[role] for name, role in self.input_roles.items() if role in by_role}
+
+
+def _text_list(texts: object) -> list[str]:
+    """`texts` as a non-empty list of str, or InputError naming what is wrong."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)):
+        raise InputError("text must be str, not bytes; decode it first (e.g. data.decode('utf-8'))")
+    if not isinstance(texts, Sequence):
+        raise InputError(f"text must be a string or a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise InputError("no text given: the list of texts is empty")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"text {index} is {type(text).__name__}, not str")
+    return list(texts)

@@ -38,6 +38,67 @@ def tiny_model(tmp_path) -> Path:
     return make_tiny_model(tmp_path / "tiny.onnx")
 
 
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "edge", "inference", "a", "b"]
+
+
+def make_embedding_model(path: Path, *, vocab_size: int = len(WORDS), max_length: int = 16,
+                         heads: int = 2, head_dim: int = 2, manifest: bool = True,
+                         tokenizer: bool = False) -> Path:
+    """last_hidden_state = E[input_ids] * attention_mask, E a [vocab_size, heads * head_dim]
+    table: a text model's signature (int64 [batch, sequence] inputs) without torch.
+
+    manifest: store an edgert manifest with text.vocab_size / text.max_length and a one-layer
+    head plan (heads x head_dim); tokenizer: also store a word-level tokenizer over WORDS.
+    """
+    from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
+
+    hidden = heads * head_dim
+    table = np.random.default_rng(0).standard_normal((vocab_size, hidden)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["E", "input_ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["last_hidden_state"]),
+    ]
+    dims = ["batch", "sequence"]
+    graph = helper.make_graph(
+        nodes, "embedding",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*dims, hidden])],
+        [numpy_helper.from_array(table, "E"), numpy_helper.from_array(np.array([2], np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    props = {}
+    if manifest:
+        props[MANIFEST_KEY] = Manifest(
+            edgert_version="0.1.0", source="test-embedding", task="feature-extraction", opset=18,
+            inputs={"input_ids": "input_ids", "attention_mask": "attention_mask"},
+            dims={"batch": "batch", "sequence": "sequence"},
+            text={"max_length": max_length, "vocab_size": vocab_size},
+            plan=HeadPlan.full(1, heads, head_dim=head_dim)).to_json()
+    if tokenizer:
+        from tokenizers import Tokenizer
+        from tokenizers.models import WordLevel
+        from tokenizers.pre_tokenizers import Whitespace
+        from tokenizers.processors import TemplateProcessing
+
+        words = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+        words.pre_tokenizer = Whitespace()
+        words.post_processor = TemplateProcessing(single="[CLS] $A [SEP]",
+                                                  special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        props[TOKENIZER_KEY] = words.to_str()
+    if props:
+        helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def embedding_model(tmp_path) -> Path:
+    """make_embedding_model with a manifest and a tokenizer."""
+    return make_embedding_model(tmp_path / "embedding.onnx", tokenizer=True)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m edgert ARGS` in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_tiny_model, run_cli
+from conftest import make_embedding_model, make_tiny_model, run_cli
 
 COMMANDS = ["export", "run", "bench", "inspect"]
 
@@ -35,13 +35,23 @@ def test_help(command):
 def test_run_text_prints_and_saves_embedding(minilm_st, tmp_path):
     result = run_cli("run", str(minilm_st), "--text", "hello world", "--text", "edge inference")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("sentence_embedding float32[2, 384]")
+    header, *rows = result.stdout.splitlines()
+    assert header == "sentence_embedding float32[2, 384]"
+    assert len(rows) == 2 and all(len(line) <= 80 for line in rows), rows
+    assert rows[0].startswith("  [0] norm 1.0000  mean ") and rows[1].startswith("  [1] norm 1.0000")
+    assert rows[0].endswith(" ...")  # 384 values do not fit: the first few only
+    full = run_cli("run", str(minilm_st), "--text", "hello world", "--full")
+    assert full.returncode == 0, full.stderr
+    lines = full.stdout.splitlines()
+    assert lines[0] == "sentence_embedding float32[1, 384]" and all(len(line) <= 80 for line in lines)
+    printed = np.array(" ".join(lines[1:]).replace("[", " ").replace("]", " ").split(), dtype=np.float32)
     out = tmp_path / "e.npy"
     result = run_cli("run", str(minilm_st), "--text", "hello world", "--out", str(out))
     assert result.returncode == 0, result.stderr
     embedding = np.load(out)
     assert embedding.shape == (1, 384)
     assert abs(np.linalg.norm(embedding) - 1) < 1e-5
+    np.testing.assert_allclose(printed, embedding[0], atol=5e-7)  # --full prints 6 decimals
 
 
 def test_run_npz_inputs(tiny_model, tmp_path):
@@ -50,6 +60,77 @@ def test_run_npz_inputs(tiny_model, tmp_path):
     result = run_cli("run", str(tiny_model), "--inputs", str(npz), "--output", "n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == "2"
+
+
+def test_run_summary_fits_80_columns(tmp_path):
+    model = make_embedding_model(tmp_path / "m.onnx", heads=64, head_dim=8, tokenizer=True)
+    texts = [a for t in ["hello world"] * 10 for a in ("--text", t)]
+    result = run_cli("run", str(model), *texts)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "last_hidden_state float32[10, 4, 512]"
+    assert [line[:6] for line in lines[1:9]] == [f"  [{i}] " for i in range(8)]
+    assert lines[9] == "  ... 2 more rows (--full prints them, --out saves them)"
+    assert all(len(line) <= 80 for line in lines)
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([[2, 4, 99999, 3]], ("input 'input_ids' holds token id 99999 at [0, 2]; ids must lie in [0, 10) "
+                          "(the model's vocab_size)")),
+    ([[2, -1, 3]], ("input 'input_ids' holds token id -1 at [0, 1]; ids must lie in [0, 10) "
+                    "(the model's vocab_size)")),
+    ([[4] * 5000], ("sequence length 5000 (input 'input_ids' axis 1) is longer than the "
+                    "model's max_length 16")),
+])
+def test_run_out_of_bounds_inputs_give_one_error_line(tmp_path, ids, message):
+    model = make_embedding_model(tmp_path / "m.onnx")
+    npz = tmp_path / "in.npz"
+    ids = np.array(ids, np.int64)
+    np.savez(npz, input_ids=ids, attention_mask=np.ones_like(ids))
+    result = run_cli("run", str(model), "--inputs", str(npz))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"Error: {message}"]
+
+
+def test_onnx_runtime_errors_give_one_error_line_and_no_log(tmp_path):
+    # without a manifest edgert knows no vocab_size: ONNX Runtime itself rejects the id
+    model = make_embedding_model(tmp_path / "m.onnx", manifest=False)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, input_ids=np.array([[2, 99999]]), attention_mask=np.ones((1, 2), np.int64))
+    result = run_cli("run", str(model), "--inputs", str(npz))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ONNX Runtime rejected the inputs: Non-zero status code returned "
+                           "while running Gather node"), line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "100000"], "threads must lie in 1.."),
+    (["--threads", "0"], "threads must lie in 1.."),
+    (["--iters", str(10**12)], "iters must lie in 1..100000"),
+    (["--warmup", "-1"], "warmup must lie in 0..100000"),
+    (["--batch", "0"], "batch must lie in 1..65536"),
+    (["--seq", "17"], "sequence length 17 (input 'input_ids' axis 1) is longer than the model's max_length 16"),
+])
+def test_bench_bounds_give_one_error_line(tmp_path, args, message):
+    model = make_embedding_model(tmp_path / "m.onnx")
+    result = run_cli("bench", str(model), *args, timeout=60)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {message}"), line
+
+
+def test_bench_tables_fit_80_columns_with_long_names(tmp_path):
+    long = tmp_path / ("a_rather_long_model_file_name_" * 3 + "int8.onnx")
+    make_embedding_model(long)
+    result = subprocess.run([sys.executable, "-m", "edgert", "bench", str(long), str(long), "--iters", "3",
+                             "--warmup", "0", "--seq", "4", "--threads", "1"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    folded = "".join(line.split("│")[2].strip() for line in lines if line.count("│") > 3)
+    assert long.name in folded  # the whole name survives, folded over several lines
 
 
 def test_inspect_shows_manifest_and_writes_json(minilm_fe, tmp_path):

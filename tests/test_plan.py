@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edgert import CachePolicy, HeadPlan, LayerPlan, Manifest, PlanError, Softmax
+from edgert import CachePolicy, HeadPlan, LayerPlan, Manifest, ModelLoadError, PlanError, Softmax
 
 
 def test_full_plan_round_trips_through_json():
@@ -84,3 +84,98 @@ def test_manifest_round_trip_keeps_plan():
                         validation={"atol": 1e-4, "max_abs_diff": {"y": 1e-6}},
                         text={"max_length": 256, "vocab_size": 30522}, plan=HeadPlan.full(1, 2))
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def plan_dict(**layer_changes):
+    data = HeadPlan.full(2, 4, head_dim=8).to_dict()
+    data["layers"][0].update(layer_changes)
+    return data
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"layers": 5}, "'layers' must be a list, got an integer"),
+    ({}, "no 'layers'"),
+    ({"layers": [5]}, "layer 0 must be an object, got an integer"),
+    ({"format": 2, "layers": []}, "unsupported plan format 2"),
+    ({"format": "1", "layers": []}, "unsupported plan format '1'"),
+    ({**plan_dict(), "head_dim": "8"}, "head_dim must be an integer, got a string"),
+    ({**plan_dict(), "head_dim": 0}, "head_dim must be >= 1, got 0"),
+    (plan_dict(num_heads="4"), "layer 0: num_heads must be an integer, got a string"),
+    (plan_dict(num_heads=4.5), "layer 0: num_heads must be an integer, got a number"),
+    (plan_dict(kept_heads="0123"), "layer 0: kept_heads must be a list of integers, got a string"),
+    (plan_dict(kv_heads=[0, 1, 2, None]), "layer 0: kv_heads must be a list of integers"),
+    (plan_dict(gated="yes"), "layer 0: gated must be true or false, got a string"),
+    (plan_dict(softmax="clipped"), "layer 0: softmax must be an object, got a string"),
+    (plan_dict(softmax={"kind": "clipped", "gamma": "a", "zeta": 1}), "softmax gamma must be a finite number"),
+    (plan_dict(softmax={"kind": 5}), "softmax kind must be a string, got an integer"),
+    (plan_dict(softmax={"kind": "standard", "temperature": 2}), "malformed plan: layer 0: .*temperature"),
+    (plan_dict(cache=[{"kind": "window", "sink": "a", "recent": 4}] * 4), "kv head 0: sink must be an integer"),
+    (plan_dict(cache=[7] * 4), "layer 0 kv head 0: cache policy must be an object"),
+    (plan_dict(cache={}), "layer 0: cache must be a list, got an object"),
+])
+def test_plan_json_with_wrong_types_is_a_plan_error(data, message):
+    with pytest.raises(PlanError, match=message):
+        HeadPlan.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("text, message", [
+    (123, "plan JSON must be a string, got int"),
+    (None, "plan JSON must be a string, got NoneType"),
+    ("[1, 2]", "plan JSON must be an object, got a list"),
+    ("null", "plan JSON must be an object, got null"),
+    ("[" * 100_000, "plan is not valid JSON"),
+    (b"\xff\xfe", "plan is not valid JSON"),
+])
+def test_plan_json_that_is_not_an_object(text, message):
+    with pytest.raises(PlanError, match=message):
+        HeadPlan.from_json(text)
+
+
+def test_plan_load_with_bad_paths(tmp_path):
+    with pytest.raises(PlanError, match="plan path must be a str or os.PathLike, got int"):
+        HeadPlan.load(123)
+    with pytest.raises(PlanError, match="plan file not found"):
+        HeadPlan.load(tmp_path)
+    binary = tmp_path / "plan.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(PlanError, match="is not UTF-8 text"):
+        HeadPlan.load(binary)
+
+
+def test_plan_constructors_check_their_arguments(tmp_path):
+    with pytest.raises(PlanError, match="3 kv heads do not divide 4 query heads"):
+        HeadPlan.full(2, 4, num_kv_heads=3)
+    with pytest.raises(PlanError, match="num_layers must be >= 1, got 0"):
+        HeadPlan.full(0, 4)
+    with pytest.raises(PlanError, match="num_heads must be an integer, got a string"):
+        HeadPlan.full(2, "4")
+    tsv = tmp_path / "heads.tsv"
+    tsv.write_text("0.5\t0.1\n")
+    with pytest.raises(PlanError, match="num_heads must be an integer"):
+        HeadPlan.from_duo_attention_tsv(tsv, num_heads="4", retrieval_fraction=0.5)
+    with pytest.raises(PlanError, match=r"retrieval_fraction must be a number in \[0, 1\]"):
+        HeadPlan.from_duo_attention_tsv(tsv, num_heads=4, retrieval_fraction="half")
+    tsv.write_text("0.5\tnan\n")
+    with pytest.raises(PlanError, match="gates must be finite numbers"):
+        HeadPlan.from_duo_attention_tsv(tsv, num_heads=4, retrieval_fraction=0.5)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "manifest must be a JSON object, got a list"),
+    ("{", "manifest is not valid JSON"),
+    ('{"edgert_version": "0.1.0", "task": "x", "opset": 18}', "manifest has no 'source'"),
+    ('{"edgert_version": "0.1.0", "source": "s", "task": "x", "opset": "18"}',
+     "manifest field 'opset' must be an integer, got a string"),
+    ('{"edgert_version": "0.1.0", "source": "s", "task": "x", "opset": 18, "text": {"max_length": "256"}}',
+     r"manifest text\.max_length must be an integer >= 1, got a string"),
+    ('{"edgert_version": "0.1.0", "source": "s", "task": "x", "opset": 18, "inputs": {"ids": 1}}',
+     "manifest field 'inputs' must map names to role strings"),
+])
+def test_bad_manifests_are_model_load_errors(text, message):
+    with pytest.raises(ModelLoadError, match=message):
+        Manifest.from_json(text)
+
+
+def test_manifest_ignores_unknown_fields():
+    manifest = Manifest.from_json('{"edgert_version": "9", "source": "s", "task": "x", "opset": 18, "new": 1}')
+    assert manifest.source == "s" and manifest.plan is None

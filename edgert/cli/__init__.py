@@ -36,6 +36,9 @@ class EdgertGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
+        from edgert.session import quiet_onnxruntime
+
+        quiet_onnxruntime()  # every command runs ONNX Runtime; its C++ log must not reach users
         return importlib.import_module(COMMANDS[name][0]).command
 
     def format_commands(self, ctx, formatter):
