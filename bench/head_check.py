@@ -5,7 +5,8 @@ at random, MHA -> GQA by mean vs SVD, and activation outliers with standard vs c
 
 Accuracy: cosine of the sentence embedding to the unpruned FP32 export over the bundled
 held-out sentences. Latency: batch 1, seq 128, ONNX Runtime CPU, every model of a table timed
-interleaved in one process. Writes its section of bench/RESULTS.md.
+interleaved in one process. Graphs are exported unfused (--no-optimize) so every row compares
+the same kind of graph. Writes its section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main() -> None:
     texts = [line.strip() for line in HELDOUT.read_text().splitlines() if line.strip()]
 
     console.print("exporting the original …")
-    original = export("minilm", WORK / "original.onnx").path
+    original = export("minilm", WORK / "original.onnx", optimize=False).path
     want = embeddings(Session(original), texts)
 
     console.print("scoring heads …")
@@ -123,7 +124,7 @@ def main() -> None:
             pruned = prune_by_score(plan, scores, fraction)
             console.print(f"prune {fraction:.1%} by {name} …")
             path = export("minilm", WORK / f"prune_{fraction}_{name.replace(' ', '')}.onnx",
-                          transform=Transform(plan=pruned)).path
+                          transform=Transform(plan=pruned), optimize=False).path
             prune_rows.append((fraction, name, pruned.kept_heads, path))
 
     accuracy = {row[3]: cosines(embeddings(Session(row[3]), texts), want) for row in prune_rows}
@@ -144,14 +145,14 @@ def main() -> None:
         for method in ("mean", "svd"):
             console.print(f"GQA 12 -> {kv} kv heads by {method} …")
             path = export("minilm", WORK / f"gqa_{kv}_{method}.onnx", calib=CALIB, calib_size=args.calib_size,
-                          transform=Transform(kv_heads=kv, gqa_method=method)).path
+                          transform=Transform(kv_heads=kv, gqa_method=method), optimize=False).path
             gqa_rows.append((kv, method, cosines(embeddings(Session(path), texts), want)))
 
     console.print("outlier metrics …")
     outliers = [("standard", original, (1.0, 1.0), outlier_metrics(original, texts))]
     for spec in CLIPPED:
         path = export("minilm", WORK / f"{spec.replace(':', '_').replace(',', '_')}.onnx",
-                      transform=Transform(softmax=parse_softmax(spec))).path
+                      transform=Transform(softmax=parse_softmax(spec)), optimize=False).path
         outliers.append((spec, path, cosines(embeddings(Session(path), texts), want),
                          outlier_metrics(path, texts)))
 

@@ -1,10 +1,12 @@
-"""Peer check: MiniLM exported by edgert, by plain torch.onnx.export and by Optimum, checked
-against torch and timed interleaved in one process against torch eager.
+"""Peer check: MiniLM exported by edgert (fused for ONNX Runtime CPU, its default, and
+--no-optimize), by plain torch.onnx.export and by Optimum, checked against torch and timed
+interleaved in one process against torch eager.
 
-    .venv/bin/python bench/peer_check.py [--threads 2] [--iters 200]
+    .venv/bin/python bench/peer_check.py [--threads 2] [--iters 200] [--no-write]
 
 Optimum runs in its own virtual environment (bench/.venv-optimum, created on first use)
-because optimum-onnx pins transformers < 5. Writes its section of bench/RESULTS.md.
+because optimum-onnx pins transformers < 5. Writes its section of bench/RESULTS.md unless
+--no-write (for smoke runs).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--skip-optimum", action="store_true")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section but leave bench/RESULTS.md alone (smoke runs)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -106,10 +110,12 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModel.from_pretrained(minilm_dir()).eval()
 
-    console.print("exporting with edgert …")
-    edgert_fe = export("minilm", WORK / "edgert_fe.onnx", task="feature-extraction")
-    edgert_st = export("minilm", WORK / "edgert_st.onnx", task="sentence-embedding")
-    tokenize = edgert.load(edgert_fe.path).tokenizer
+    console.print("exporting with edgert (fused, and --no-optimize) …")
+    edgert_paths = {(task, optimize): export("minilm", WORK / f"edgert_{task}{suffix}.onnx", task=task,
+                                             optimize=optimize).path
+                    for task in ("feature-extraction", "sentence-embedding")
+                    for optimize, suffix in ((True, ""), (False, "_plain"))}
+    tokenize = edgert.load(edgert_paths["feature-extraction", True]).tokenizer
     held_out = tokenize(SENTENCES)
     console.print("exporting with plain torch.onnx.export …")
     plain = plain_torch_export(model, held_out, WORK / "torch_plain.onnx")
@@ -121,9 +127,15 @@ def main() -> None:
         reference = model(**{k: torch.from_numpy(v) for k, v in held_out.items()}).last_hidden_state.numpy()
     st_reference = SentenceTransformer(str(minilm_dir()), device="cpu").encode(SENTENCES)
     mask = held_out["attention_mask"]
-    onnx_models = {"edgert feature-extraction": (edgert_fe.path, "last_hidden_state", "edgert export"),
-                   "torch.onnx.export (plain)": (plain, "last_hidden_state", "torch.onnx.export, dynamic_axes"),
-                   "edgert sentence-embedding": (edgert_st.path, "sentence_embedding", "edgert export")}
+    onnx_models = {}
+    for task, output in (("feature-extraction", "last_hidden_state"), ("sentence-embedding", "sentence_embedding")):
+        onnx_models[f"edgert {task}"] = (edgert_paths[task, True], output,
+                                         "edgert export (default: fused for ONNX Runtime CPU)")
+        onnx_models[f"edgert {task} --no-optimize"] = (edgert_paths[task, False], output,
+                                                       "edgert export --no-optimize")
+        if task == "feature-extraction":
+            onnx_models["torch.onnx.export (plain)"] = (plain, "last_hidden_state",
+                                                        "torch.onnx.export, dynamic_axes")
     if optimum.get("transformers"):
         onnx_models["Optimum feature-extraction"] = (optimum["transformers"][0], "last_hidden_state",
                                                      "optimum main_export")
@@ -177,12 +189,13 @@ def main() -> None:
     optimum_versions = next((v[1]["versions"] for v in optimum.values() if v), None)
     body = render(sections, agreement, onnx_models, versions, optimum_versions, args,
                   optimum_skipped=args.skip_optimum or not all(optimum.values()))
-    write_section("peer_check", body)
-    console.print(body)
+    if not args.no_write:
+        write_section("peer_check", body)
+    console.print(body, soft_wrap=True, markup=False, highlight=False)  # copyable markdown
 
 
 def render(sections, agreement, onnx_models, versions, optimum_versions, args, *, optimum_skipped) -> str:
-    lines = ["## Peer check: exporting all-MiniLM-L6-v2 (issue 2)", "",
+    lines = ["## Peer check: exporting all-MiniLM-L6-v2 (issues 2 and 8)", "",
              f"Machine: {machine()}. ONNX Runtime CPU, {args.threads} intra-op threads, "
              f"allow_spinning=0; torch eager with torch.set_num_threads({args.threads}), "
              "OMP_WAIT_POLICY=PASSIVE. Versions: "
@@ -190,7 +203,11 @@ def render(sections, agreement, onnx_models, versions, optimum_versions, args, *
              + ("; Optimum venv: " + ", ".join(f"{k} {v}" for k, v in optimum_versions.items())
                 if optimum_versions else "") + ".",
              "",
-             f"Command: `.venv/bin/python bench/peer_check.py --threads {args.threads} --iters {args.iters}`",
+             f"Command: `.venv/bin/python bench/peer_check.py --threads {args.threads} --iters {args.iters} "
+             f"--warmup {args.warmup}`",
+             "",
+             "edgert's default export fuses attention, skip+LayerNorm and bias+GELU into ONNX Runtime "
+             "CPU kernels (com.microsoft ops); `--no-optimize` rows are the portable graph.",
              ""]
     if optimum_skipped:
         lines += ["Optimum: not measured in this run (skipped or failed to install/export).", ""]

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 import edgert
-from edgert._io import atomic_output, check_output_path
+from edgert._io import DISK_FULL, atomic_output, check_output_path
 from edgert.errors import EdgertError, first_line
 from edgert.exporters.custom_ops import attach_functions
+from edgert.exporters.optimize import Optimization, optimize_for_ort_cpu
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
 from edgert.session import Session, session_options
 from edgert.text import TextTokenizer
@@ -43,14 +44,16 @@ class ExportResult:
 def export(source: str, output: str | os.PathLike, *, task: str | None = None,
            opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, transform=None,
            calib: str | os.PathLike | None = None, calib_size: int = 64,
-           on_step: Step | None = None) -> ExportResult:
+           optimize: bool = True, on_step: Step | None = None) -> ExportResult:
     """Export `source` (a built-in name or a Hugging Face directory) to `output`.
 
     task: feature-extraction or sentence-embedding (None: the model's default, else
     feature-extraction). transform: an exporters.heads.Transform (plan, pruning, GQA,
     softmax) applied to the attention heads first; calib: its calibration data (.txt or
     .npz; default: the built-in model's set). Gate weights in the checkpoint turn on gated
-    attention. The graph is validated against the (transformed) torch model on sample
+    attention. optimize: fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime
+    CPU kernels (com.microsoft ops); False keeps a portable graph for TensorRT and other
+    runtimes. The graph is validated against the (transformed) torch model on sample
     inputs and only written if every output agrees within `atol`.
     """
     from edgert.exporters.hf_encoder import load_encoder
@@ -92,9 +95,15 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     with atomic_output(output) as tmp:
         step("trace")
         _torch_export(module, trace, encoder.input_names, output_names, opset, tmp)
-        step("write")
         graph = _load_and_pin(tmp)
         manifest.extra["custom_ops"] = sorted({n.op_type for n in graph.graph.node if n.domain == "edgert"})
+        optimization = Optimization()
+        if optimize:
+            step("optimize")
+            graph, optimization = optimize_for_ort_cpu(graph)
+            _pin(graph)
+        manifest.extra.update(optimization.manifest_entries())
+        step("write")
         _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)
         step("validate")
         from edgert.exporters.validate import check_diffs, max_abs_diffs
@@ -106,7 +115,8 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
             "atol": atol, "max_abs_diff": diffs,
             "samples": [list(s[encoder.input_names[0]].shape) for s in checks],
         }
-        check_diffs(diffs, atol)
+        check_diffs(diffs, atol, hint=f"optimized for {optimization.target}; --no-optimize "
+                    "exports the unfused graph" if optimization.target else None)
         _save_with_metadata(graph, tmp, manifest, encoder.tokenizer_json)  # with the diffs
     return ExportResult(output, manifest, time.perf_counter() - start)
 
@@ -218,6 +228,8 @@ def _torch_export(module, sample: dict[str, np.ndarray], input_names: list[str],
                               dynamic_shapes=dynamic, external_data=False, verbose=False,
                               custom_translation_table=translation_table())
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise  # atomic_output reports a full disk as such
             raise EdgertError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from None
 
 
@@ -226,12 +238,19 @@ def _load_and_pin(path: Path):
     import onnx
 
     model = onnx.load(str(path))
-    # The lowest IR version that carries these opsets: older runtimes refuse newer IRs.
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-    model.producer_name, model.producer_version = "edgert", edgert.__version__
+    _pin(model)
     attach_functions(model)  # bodies of edgert ops, so plain ONNX Runtime runs them
     onnx.checker.check_model(model)
     return model
+
+
+def _pin(model) -> None:
+    """Set `model`'s IR version to the lowest that carries its opsets (older runtimes refuse
+    newer IRs) and its producer to edgert."""
+    import onnx
+
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.producer_name, model.producer_version = "edgert", edgert.__version__
 
 
 def _save_with_metadata(model, path: Path, manifest: Manifest, tokenizer_json: str | None) -> None:

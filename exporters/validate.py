@@ -27,10 +27,11 @@ def max_abs_diffs(session: Session, module: torch.nn.Module, input_names: Sequen
     return diffs
 
 
-def check_diffs(diffs: dict[str, float], atol: float) -> None:
-    """Raise ValidationError if any output differs by more than `atol`."""
+def check_diffs(diffs: dict[str, float], atol: float, *, hint: str | None = None) -> None:
+    """Raise ValidationError if any output differs by more than `atol`; `hint` (what the
+    user can try) ends the message."""
     bad = {name: d for name, d in diffs.items() if not d <= atol}  # `not <=` also catches NaN
     if bad:
         detail = ", ".join(f"{n} {d:.3g}" for n, d in bad.items())
         raise ValidationError(f"export differs from torch beyond atol {atol:g}: {detail}; "
-                              "no model written")
+                              "no model written" + (f" ({hint})" if hint else ""))

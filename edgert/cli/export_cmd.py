@@ -13,7 +13,8 @@ from edgert.plan import HeadPlan
 
 STEPS = {"load": "loading model", "calibration": "reading calibration data",
          "heads": "transforming attention heads", "trace": "tracing with torch.onnx",
-         "write": "writing graph, manifest and tokenizer", "validate": "validating against torch"}
+         "optimize": "fusing for ONNX Runtime CPU", "write": "writing graph, manifest and tokenizer",
+         "validate": "validating against torch"}
 
 
 @click.command("export")
@@ -40,23 +41,28 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
                    "Default: the built-in model's set.")
 @click.option("--calib-size", type=int, default=64, show_default=True)
+@click.option("--optimize/--no-optimize", default=True, show_default=True,
+              help="Fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime CPU kernels "
+                   "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
+                   "(and edgert ops) for TensorRT and other runtimes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the export summary (manifest, seconds) as JSON.")
 def command(source: str, output: str, task: str | None, opset: int, atol: float,
             plan_path: str | None, prune: float | None, kv_heads: int | None, gqa_method: str,
-            softmax_spec: str | None, calib: str | None, calib_size: int,
+            softmax_spec: str | None, calib: str | None, calib_size: int, optimize: bool,
             json_path: str | None) -> None:
     """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
-    directory) to a validated ONNX graph with dynamic batch and sequence axes.
+    directory) to a validated ONNX graph with dynamic batch and sequence axes, fused for
+    ONNX Runtime CPU unless --no-optimize.
 
-    The tokenizer and a manifest (source, task, opset, validation diffs, head plan)
-    travel inside the file.
+    The tokenizer and a manifest (source, task, opset, validation diffs, head plan,
+    optimization) travel inside the file.
     """
-    from edgert._io import check_output_path, write_text_atomic
+    from edgert._io import check_outputs, write_text_atomic
+    from edgert.cli.progress import show_steps
     from edgert.exporters.export import export
 
-    if json_path:
-        check_output_path(json_path)
+    check_outputs([output, json_path], inputs=[plan_path, calib])
     transform = None
     if plan_path or prune is not None or kv_heads is not None or softmax_spec:
         from edgert.exporters.heads import Transform, parse_softmax
@@ -65,22 +71,24 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
                               kv_heads=kv_heads, gqa_method=gqa_method,
                               softmax=parse_softmax(softmax_spec) if softmax_spec else None)
         transform.check()
-    console = Console(stderr=True)
-    with console.status("exporting") as status:
+    with show_steps("export", STEPS) as step:
         result = export(source, output, task=task, opset=opset, atol=atol, transform=transform,
-                        calib=calib, calib_size=calib_size, on_step=lambda s: status.update(STEPS[s]))
-    table = Table(title=f"validation against torch (atol {atol:g})")
+                        calib=calib, calib_size=calib_size, optimize=optimize, on_step=step)
+    table = Table(title="validation against torch")
     table.add_column("output")
     table.add_column("max abs diff", justify="right")
+    table.add_column("atol", justify="right")
     for name, diff in result.diffs.items():
-        table.add_row(name, f"{diff:.3g}")
+        table.add_row(name, f"{diff:.3g}", f"{atol:g}")
     out = Console()
     out.print(table)
     plan = result.manifest.plan
     if plan != HeadPlan.full(len(plan.layers), plan.layers[0].num_heads, head_dim=plan.head_dim):
         out.print(plan_table(plan))
+    for line in optimization_lines(result.manifest.extra):
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
-              f"in {result.seconds:.1f} s")
+              f"in {result.seconds:.1f} s", soft_wrap=True, markup=False, highlight=False)
     if json_path:
         summary = {"path": str(result.path), "seconds": result.seconds,
                    "manifest": json.loads(result.manifest.to_json())}
@@ -100,3 +108,16 @@ def plan_table(plan) -> Table:
                       softmax, "yes" if layer.gated else "no",
                       ",".join(str(h) for h in range(layer.num_heads) if h not in layer.kept_heads))
     return table
+
+
+def optimization_lines(extra: dict) -> list[str]:
+    """What the export did to the graph for its runtime, from the manifest's `extra`."""
+    target = extra.get("optimized_for")
+    if target:
+        fused = ", ".join(f"{n} {op}" for op, n in extra.get("fusions", {}).items() if n)
+        lines = [f"optimized for {target} (--no-optimize for a portable graph):",
+                 f"  fused {fused or 'nothing'}"]
+        if extra.get("optimization_note"):
+            lines.append(extra["optimization_note"])
+        return lines
+    return [extra.get("optimization_note") or "not optimized (--no-optimize): a portable graph"]

@@ -1,0 +1,73 @@
+"""Optimize an exported graph for the runtime that will run it (today: ONNX Runtime CPU).
+
+The fusions themselves are `edgert.quant.fuse` (shared with `edgert quantize`); this module
+decides what the export keeps and what its manifest says about it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from edgert.errors import first_line
+from edgert.exporters.custom_ops import DOMAIN as CUSTOM_DOMAIN
+
+ORT_CPU = "onnxruntime-cpu"
+
+
+@dataclass
+class Optimization:
+    """What was done to the graph: `target` None means it was left portable (standard ONNX
+    plus edgert ops); `note` says why it was left so, or what did not fuse."""
+
+    target: str | None = None
+    fusions: dict[str, int] = field(default_factory=dict)
+    note: str | None = None
+
+    def manifest_entries(self) -> dict:
+        """The manifest `extra` keys recording this optimization."""
+        entries: dict = {"optimized_for": self.target}
+        if self.target:
+            entries["fusions"] = self.fusions
+        if self.note:
+            entries["optimization_note"] = self.note
+        return entries
+
+
+def optimize_for_ort_cpu(model):
+    """Fuse `model` (an onnx.ModelProto) for ONNX Runtime CPU: attention into
+    com.microsoft.MultiHeadAttention, residual + LayerNorm into SkipLayerNormalization, bias +
+    GELU into BiasGelu. Returns (model, Optimization); the model comes back unfused, with a
+    warning and the reason in the note, if fusion fails or would change the edgert custom ops.
+    """
+    import onnx
+
+    from edgert.quant.fuse import fuse_model
+
+    before = _custom_ops(model)
+    try:
+        fused, fusions = fuse_model(model)
+        onnx.checker.check_model(fused)
+    except Exception as exc:  # onnxscript's rewriter on a graph it was not written for
+        return _unfused(model, f"fusion failed ({type(exc).__name__}: {first_line(exc)})")
+    if _custom_ops(fused) != before:
+        return _unfused(model, "fusion would have changed the edgert custom ops")
+    note = None
+    if before["nodes"] and not fusions.get("MultiHeadAttention"):
+        ops = ", ".join(f"{CUSTOM_DOMAIN}::{op}" for op in sorted({op for op, _ in before["nodes"]}))
+        note = f"attention left unfused: the graph uses {ops}"
+    return fused, Optimization(ORT_CPU, fusions, note)
+
+
+def _unfused(model, reason: str):
+    warnings.warn(f"graph not optimized for ONNX Runtime CPU: {reason}; exporting it unfused",
+                  stacklevel=3)
+    return model, Optimization(None, {}, f"not optimized: {reason}")
+
+
+def _custom_ops(model) -> dict[str, list]:
+    """The edgert-domain nodes (op type, attributes) and function bodies of `model`."""
+    nodes = sorted((n.op_type, tuple(a.SerializeToString() for a in n.attribute))
+                   for n in model.graph.node if n.domain == CUSTOM_DOMAIN)
+    functions = sorted(f.name for f in model.functions if f.domain == CUSTOM_DOMAIN)
+    return {"nodes": nodes, "functions": functions}
