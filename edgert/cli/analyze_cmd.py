@@ -6,7 +6,6 @@ import json
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 
@@ -19,9 +18,9 @@ def command() -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", "calib_path", required=True, type=click.Path(),
               help="Calibration data: a .txt file (one example per line) or an .npz of inputs.")
-@click.option("--calib-size", type=int, default=64, show_default=True,
+@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Use at most this many examples.")
-@click.option("--top", type=int, default=20, show_default=True, help="Rows to print.")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to print.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write every tensor's statistics as JSON.")
@@ -31,17 +30,17 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
     per-tensor, min/max range), worst SQNR first."""
     import edgert
     from edgert._io import check_outputs, write_text_atomic
+    from edgert.cli.progress import counted
     from edgert.quant.calib import load_calibration
     from edgert.quant.outliers import activation_stats
+    from edgert.session import check_threads
 
+    check_threads(threads)
     check_outputs([json_path], inputs=[model, calib_path])
     session = edgert.load(model, threads=threads)
     samples = load_calibration(calib_path, session, size=calib_size)
-    columns = (TextColumn("activations"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("stats", total=2 * len(samples))
-        stats = activation_stats(model, samples, threads=threads,
-                                 progress=lambda n: progress.advance(task, n))
+    with counted("analyze outliers: activation passes", 2 * len(samples)) as advance:
+        stats = activation_stats(model, samples, threads=threads, progress=advance)
     console = Console()
     console.print(outlier_table(stats[:top], f"{len(stats)} activation tensors over "
                                              f"{len(samples)} examples, worst SQNR first"))
@@ -63,7 +62,7 @@ def outlier_table(stats, title: str) -> Table:
 @click.argument("source")
 @click.option("--calib", "calib_path", type=click.Path(), default=None,
               help="Calibration data (.txt or .npz). Default: the built-in model's set.")
-@click.option("--calib-size", type=int, default=64, show_default=True)
+@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the resulting HeadPlan JSON here (for `edgert export --plan`).")
 @click.option("--prune", type=float, default=None, metavar="FRACTION",
@@ -80,9 +79,14 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     the mask-gradient importance of Michel et al. (2019), normalised per layer then globally,
     and optionally turn the scores into a pruning plan."""
     from edgert._io import check_outputs, write_text_atomic
+    from edgert.cli.progress import counted, show_steps
     from edgert.errors import PlanError
     from edgert.exporters.heads import Transform, identity_plan
-    from edgert.exporters.importance import head_importance, load_for_heads, random_scores
+    from edgert.exporters.importance import (
+        head_importance,
+        load_for_heads,
+        random_scores,
+    )
     from edgert.models.adapters import adapt
     from edgert.models.transforms import prune_by_score, prune_plan
 
@@ -90,17 +94,17 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
         raise PlanError("give --prune or --keep-per-layer, not both")
     Transform(prune=prune).check()
     check_outputs([output, json_path], inputs=[calib_path])
-    model, samples, loss = load_for_heads(source, calib_path, calib_size)
+    with show_steps("analyze heads", {}) as step:
+        step("loading model and calibration data")
+        model, samples, loss = load_for_heads(source, calib_path, calib_size)
     plan = identity_plan(model)
     counts = _parse_counts(keep_per_layer, plan) if keep_per_layer else None
     if random_seed is not None:
         scores = random_scores(plan, random_seed)
     else:
         adapt(model)
-        columns = (TextColumn("scoring heads"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("heads", total=len(samples))
-            scores = head_importance(model, samples, loss, progress=lambda n: progress.advance(task, n))
+        with counted("analyze heads: scoring on examples", len(samples)) as advance:
+            scores = head_importance(model, samples, loss, progress=advance)
     if prune is not None:
         plan = prune_by_score(plan, scores, prune)
     elif counts is not None:

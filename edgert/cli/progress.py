@@ -36,3 +36,34 @@ def show_steps(command: str, labels: dict[str, str]) -> Iterator[Callable[[str],
         err.file.flush()
 
     yield line
+
+
+@contextlib.contextmanager
+def counted(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)` for work of `total` units: a progress bar on a terminal, else a
+    `label: done/total` line on stderr at each quarter (a bar prints nothing to a log)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    err = Console(stderr=True)
+    if err.is_terminal:
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    done = [0]
+
+    def advance(n: int) -> None:
+        before, done[0] = done[0], done[0] + n
+        if total and (4 * before) // total != (4 * done[0]) // total:
+            err.print(f"{label}: {done[0]}/{total}", soft_wrap=True, markup=False, highlight=False)
+            err.file.flush()
+
+    err.print(f"{label}: 0/{total}", soft_wrap=True, markup=False, highlight=False)
+    yield advance
