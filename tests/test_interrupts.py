@@ -1,0 +1,188 @@
+"""SIGINT and SIGTERM at several points of export, quantize and analyze, and full disks in every
+command that writes: each ends in one `Error:` line and exit 2, and leaves no file behind (not in
+the output folder, not in $TMPDIR) and its inputs unchanged."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from test_hostile import make_text_model, snapshot, user_env
+
+CALIB = ROOT / "quant" / "data" / "minilm_calib.txt"
+SIGNALS = [signal.SIGINT, signal.SIGTERM]
+
+
+def temp_entries(tmpdir: Path) -> list[Path]:
+    return [p for p in tmpdir.iterdir() if p.name != ".ses"]  # .ses: numpy's, see test_hostile
+
+
+def started(seconds: float):
+    """A point reached `seconds` after the process started (the first check is the start)."""
+    begin: list[float] = []
+
+    def reached(out: Path, tmp: Path) -> bool:
+        begin.append(time.monotonic())
+        return begin[-1] - begin[0] >= seconds
+    reached.__name__ = f"started_{seconds}s"
+    return reached
+
+
+def temp_output_exists(out: Path, tmp: Path) -> bool:
+    """export/analyze: the atomic output's temporary file is being written."""
+    return any(p.name.startswith(".") and p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def temp_output_written(out: Path, tmp: Path) -> bool:
+    """export: the traced graph is in the temporary file (validation comes next)."""
+    return any(p.name.endswith(".tmp") and p.stat().st_size > 2**20 for p in out.iterdir())
+
+
+def work_files(count: int):
+    """quantize/analyze: at least `count` files in edgert's temporary folder under $TMPDIR."""
+    def reached(out: Path, tmp: Path) -> bool:
+        return sum(1 for d in temp_entries(tmp) if d.is_dir() for f in d.rglob("*") if f.is_file()) >= count
+    reached.__name__ = f"work_files_{count}"
+    return reached
+
+
+def work_dir_exists(out: Path, tmp: Path) -> bool:
+    return any(p.is_dir() and p.name.startswith("edgert-") for p in temp_entries(tmp))
+
+
+def run_until(args: list[str], point, sig, tmp_path: Path, inputs: list[Path]):
+    """Start `edgert ARGS`, send `sig` once `point(out, tmp)` holds, and check what is left."""
+    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    tmpdir.mkdir()
+    watched = sorted({p.parent for p in inputs})
+    before = snapshot(*watched)
+    env = {**user_env(), "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgert", *[a.format(out=out) for a in args]],
+                            cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not point(out, tmpdir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the command ended before {point.__name__}: {proc.communicate()}"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == "Error: interrupted; nothing was written", stderr
+    assert sum(line.startswith("Error:") for line in lines) == 1, stderr
+    assert list(out.iterdir()) == [], "files left in the output folder"
+    assert temp_entries(tmpdir) == [], "files left in $TMPDIR"
+    assert snapshot(*watched) == before, "an input changed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", [lambda: started(1.5), lambda: temp_output_exists,
+                                   lambda: temp_output_written], ids=["loading", "tracing", "validating"])
+def test_interrupted_export(tmp_path, sig, point):
+    point = point()  # a fresh clock for started()
+    run_until(["export", "minilm", "-o", "{out}/m.onnx", "--json", "{out}/m.json"], point, sig, tmp_path, [CALIB])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", [work_dir_exists, work_files(1), work_files(3)],
+                         ids=["preprocessing", "calibrating", "quantizing"])
+def test_interrupted_quantize(minilm_st, tmp_path, sig, point):
+    run_until(["quantize", str(minilm_st), "--int8", "--mode", "dynamic", "-o", "{out}/q.onnx",
+               "--guard", "cosine>=0.99"], point, sig, tmp_path, [minilm_st])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_interrupted_analyze_outliers(minilm_st, tmp_path, sig):
+    run_until(["analyze", "outliers", str(minilm_st), "--calib", str(CALIB), "--calib-size", "64",
+               "--json", "{out}/o.json"], work_files(1), sig, tmp_path, [minilm_st, CALIB])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("seconds", [1.5, 8.0], ids=["loading", "scoring"])
+def test_interrupted_analyze_heads(tmp_path, sig, seconds):
+    run_until(["analyze", "heads", "minilm", "--prune", "0.25", "-o", "{out}/plan.json"],
+              started(seconds), sig, tmp_path, [CALIB])
+
+
+# ---------------------------------------------------------------------------------------------
+# full disks: a file-size limit (RLIMIT_FSIZE) makes every write past it fail with EFBIG, as a
+# full disk fails with ENOSPC; both must end in one line with nothing left behind.
+
+def limit_file_size(size: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def run_with_small_disk(args: list[str], tmp_path: Path, inputs: list[Path], size: int):
+    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    tmpdir.mkdir()
+    watched = sorted({p.parent for p in inputs})
+    before = snapshot(*watched)
+    env = {**user_env(), "TMPDIR": str(tmpdir)}
+    result = subprocess.run([sys.executable, "-m", "edgert", *[a.format(out=out) for a in args]], cwd=out,
+                            env=env, capture_output=True, text=True, timeout=600,
+                            preexec_fn=limit_file_size(size))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: no space left"), result.stderr
+    assert sum(line.startswith("Error:") for line in lines) == 1, result.stderr
+    assert list(out.iterdir()) == [], "files left in the output folder"
+    assert temp_entries(tmpdir) == [], "files left in $TMPDIR"
+    assert snapshot(*watched) == before, "an input changed"
+
+
+@pytest.fixture
+def text_model(tmp_path) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    return make_text_model(folder / "text.onnx")
+
+
+@pytest.mark.parametrize("args", [
+    ["inspect", "{model}", "--json", "{out}/info.json"],
+    ["bench", "{model}", "--iters", "2", "--warmup", "0", "--seq", "8", "--json", "{out}/b.json"],
+    ["run", "{model}", "--text", "hello world", "--out", "{out}/e.npy"],
+    ["analyze", "outliers", "{model}", "--calib", "{calib}", "--json", "{out}/o.json"],
+], ids=["inspect", "bench", "run", "analyze-outliers"])
+def test_full_disk_small_outputs(text_model, tmp_path, args):
+    calib = text_model.parent / "calib.txt"
+    calib.write_text("hello world\nedge inference\n")
+    args = [a.replace("{model}", str(text_model)).replace("{calib}", str(calib)) for a in args]
+    run_with_small_disk(args, tmp_path, [text_model, calib], size=64)
+
+
+@pytest.mark.slow
+def test_full_disk_export(tmp_path):
+    run_with_small_disk(["export", "minilm", "-o", "{out}/m.onnx"], tmp_path, [CALIB], size=2**20)
+
+
+@pytest.mark.slow
+def test_full_disk_quantize(minilm_st, tmp_path):
+    run_with_small_disk(["quantize", str(minilm_st), "--int8", "--mode", "dynamic", "-o", "{out}/q.onnx"],
+                        tmp_path, [minilm_st], size=2**20)
+
+
+def test_written_files_get_umask_permissions(text_model, tmp_path):
+    out = tmp_path / "info.json"
+    old = os.umask(0o027)
+    try:
+        result = subprocess.run([sys.executable, "-m", "edgert", "inspect", str(text_model), "--json", str(out)],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o640
