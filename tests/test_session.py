@@ -287,3 +287,54 @@ def test_runtime_never_imports_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _residual_layer_norm_model(path):
+    """y = LayerNormalization(x + skip) with static shapes, which ONNX Runtime's own
+    SkipLayerNormFusion rewrites into com.microsoft.SkipLayerNormalization unless told not to."""
+    rng = np.random.default_rng(0)
+    hidden = 16
+    inits = [onnx.numpy_helper.from_array(rng.random(hidden, dtype=np.float32), n) for n in ("g", "b")]
+    nodes = [onnx.helper.make_node("Add", ["x", "skip"], ["s"]),
+             onnx.helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, epsilon=1e-12)]
+    shape = [1, 8, hidden]
+    graph = onnx.helper.make_graph(
+        nodes, "residual_ln",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in ("x", "skip")],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _op_types(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_sessions_keep_onnxruntime_from_fusing_skip_layer_norm(tmp_path, monkeypatch):
+    import edgert.session as session_module
+
+    path = _residual_layer_norm_model(tmp_path / "residual_ln.onnx")
+    # control: ONNX Runtime's defaults do fuse this graph, so the check below can fail
+    plain = ort.SessionOptions()
+    plain.log_severity_level = 4
+    plain.optimized_model_filepath = str(tmp_path / "ort_default.onnx")
+    ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in _op_types(tmp_path / "ort_default.onnx")
+
+    real_session_options = session_module.session_options
+
+    def recording_options(*args, **kwargs):
+        options = real_session_options(*args, **kwargs)
+        options.optimized_model_filepath = str(tmp_path / "edgert.onnx")
+        return options
+
+    monkeypatch.setattr(session_module, "session_options", recording_options)
+    session = edgert.load(path, threads=1)
+    assert _op_types(tmp_path / "edgert.onnx") == {"Add", "LayerNormalization"}
+    x, skip = np.ones((1, 8, 16), np.float32), np.arange(128, dtype=np.float32).reshape(1, 8, 16)
+    s = x + skip
+    gamma, beta = (onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer)
+    want = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-12) * gamma + beta
+    np.testing.assert_allclose(session.run({"x": x, "skip": skip})["y"], want, atol=1e-5)
