@@ -206,8 +206,9 @@ def render(sections, agreement, onnx_models, versions, optimum_versions, args, *
              f"Command: `.venv/bin/python bench/peer_check.py --threads {args.threads} --iters {args.iters} "
              f"--warmup {args.warmup}`",
              "",
-             "edgert's default export fuses attention, skip+LayerNorm and bias+GELU into ONNX Runtime "
-             "CPU kernels (com.microsoft ops); `--no-optimize` rows are the portable graph.",
+             "edgert's default export fuses attention and bias+GELU into ONNX Runtime "
+             "CPU kernels (com.microsoft ops) and edgert sessions keep ONNX Runtime from fusing "
+             "Add+LayerNorm into its slower SkipLayerNormalization; `--no-optimize` rows are the portable graph.",
              ""]
     if optimum_skipped:
         lines += ["Optimum: not measured in this run (skipped or failed to install/export).", ""]

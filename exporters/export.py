@@ -51,7 +51,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     feature-extraction). transform: an exporters.heads.Transform (plan, pruning, GQA,
     softmax) applied to the attention heads first; calib: its calibration data (.txt or
     .npz; default: the built-in model's set). Gate weights in the checkpoint turn on gated
-    attention. optimize: fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime
+    attention. optimize: fuse attention and bias+GELU into ONNX Runtime
     CPU kernels (com.microsoft ops); False keeps a portable graph for TensorRT and other
     runtimes. The graph is validated against the (transformed) torch model on sample
     inputs and only written if every output agrees within `atol`.

@@ -42,7 +42,7 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
                    "Default: the built-in model's set.")
 @click.option("--calib-size", type=int, default=64, show_default=True)
 @click.option("--optimize/--no-optimize", default=True, show_default=True,
-              help="Fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime CPU kernels "
+              help="Fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
                    "(and edgert ops) for TensorRT and other runtimes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
