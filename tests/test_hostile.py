@@ -17,65 +17,28 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import TensorProto, helper, numpy_helper
 
 import edgert
+from conftest import make_embedding_model
 from edgert.cli import cli
 from edgert.errors import EdgertError
-from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, HeadPlan, Manifest
+from edgert.plan import HeadPlan
 
 # ONNX Runtime's C++ log lines ("2026-... [W:onnxruntime:...]") and torch's glog-style ones.
 ORT_OR_TORCH_LOG = re.compile(r"\[[VIWEF]:onnxruntime|^[IWEF]\d{4} \d\d:\d\d")
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "edge", "inference", "a", "b"]
 MAX_LENGTH = 16
-HIDDEN = 4
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-# ---------------------------------------------------------------------------------------------
-# a tiny text model with an edgert manifest and a tokenizer (no torch)
-
 
 def make_text_model(path: Path) -> Path:
-    """hidden = Embedding[ids] * mask: input_ids / attention_mask int64 [batch, sequence]."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from tokenizers.processors import TemplateProcessing
-
-    table = np.random.default_rng(0).standard_normal((len(VOCAB), HIDDEN)).astype(np.float32)
-    nodes = [
-        helper.make_node("Gather", ["E", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "axis"], ["mask3"]),
-        helper.make_node("Mul", ["emb", "mask3"], ["last_hidden_state"]),
-    ]
-    dims = ["batch", "sequence"]
-    graph = helper.make_graph(
-        nodes, "text",
-        [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n in ("input_ids", "attention_mask")],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*dims, HIDDEN])],
-        [numpy_helper.from_array(table, "E"), numpy_helper.from_array(np.array([2], np.int64), "axis")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = Whitespace()
-    tokenizer.post_processor = TemplateProcessing(single="[CLS] $A [SEP]",
-                                                  special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    manifest = Manifest(edgert_version=edgert.__version__, source="hostile-text", task="feature-extraction",
-                        opset=18, inputs={"input_ids": "input_ids", "attention_mask": "attention_mask"},
-                        dims={"batch": "batch", "sequence": "sequence"},
-                        text={"max_length": MAX_LENGTH, "vocab_size": len(VOCAB)},
-                        plan=HeadPlan.full(1, 2, head_dim=2))
-    helper.set_model_props(model, {MANIFEST_KEY: manifest.to_json(), TOKENIZER_KEY: tokenizer.to_str()})
-    onnx.save(model, str(path))
-    return path
+    """A tiny text model (no torch) with an edgert manifest (max_length 16) and a tokenizer."""
+    return make_embedding_model(path, max_length=MAX_LENGTH, tokenizer=True)
 
 
 @pytest.fixture(scope="module")

@@ -58,30 +58,44 @@ def work_dir_exists(out: Path, tmp: Path) -> bool:
     return any(p.is_dir() and p.name.startswith("edgert-") for p in temp_entries(tmp))
 
 
+class Sandbox:
+    """An output folder and a $TMPDIR of their own, and a snapshot of the inputs' folders."""
+
+    def __init__(self, tmp_path: Path, inputs: list[Path]):
+        self.out, self.tmpdir = tmp_path / "out", tmp_path / "tmp"
+        self.out.mkdir()
+        self.tmpdir.mkdir()
+        self.watched = sorted({p.parent for p in inputs})
+        self.before = snapshot(*self.watched)
+        self.env = {**user_env(), "TMPDIR": str(self.tmpdir)}
+
+    def argv(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "edgert", *[a.format(out=self.out) for a in args]]
+
+    def check(self, returncode: int, stderr: str, last_line: str) -> None:
+        """Exit 2, one Error: line (the last, starting with `last_line`), nothing left behind."""
+        assert returncode == 2, stderr
+        assert "Traceback" not in stderr, stderr
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert lines[-1].startswith(last_line), stderr
+        assert sum(line.startswith("Error:") for line in lines) == 1, stderr
+        assert list(self.out.iterdir()) == [], "files left in the output folder"
+        assert temp_entries(self.tmpdir) == [], "files left in $TMPDIR"
+        assert snapshot(*self.watched) == self.before, "an input changed"
+
+
 def run_until(args: list[str], point, sig, tmp_path: Path, inputs: list[Path]):
     """Start `edgert ARGS`, send `sig` once `point(out, tmp)` holds, and check what is left."""
-    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    tmpdir.mkdir()
-    watched = sorted({p.parent for p in inputs})
-    before = snapshot(*watched)
-    env = {**user_env(), "TMPDIR": str(tmpdir)}
-    proc = subprocess.Popen([sys.executable, "-m", "edgert", *[a.format(out=out) for a in args]],
-                            cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    box = Sandbox(tmp_path, inputs)
+    proc = subprocess.Popen(box.argv(args), cwd=box.out, env=box.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not point(out, tmpdir) and proc.poll() is None and time.monotonic() < deadline:
+    while not point(box.out, box.tmpdir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, f"the command ended before {point.__name__}: {proc.communicate()}"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines[-1] == "Error: interrupted; nothing was written", stderr
-    assert sum(line.startswith("Error:") for line in lines) == 1, stderr
-    assert list(out.iterdir()) == [], "files left in the output folder"
-    assert temp_entries(tmpdir) == [], "files left in $TMPDIR"
-    assert snapshot(*watched) == before, "an input changed"
+    box.check(proc.returncode, stderr, "Error: interrupted; nothing was written")
 
 
 @pytest.mark.slow
@@ -126,23 +140,10 @@ def limit_file_size(size: int):
 
 
 def run_with_small_disk(args: list[str], tmp_path: Path, inputs: list[Path], size: int):
-    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
-    out.mkdir()
-    tmpdir.mkdir()
-    watched = sorted({p.parent for p in inputs})
-    before = snapshot(*watched)
-    env = {**user_env(), "TMPDIR": str(tmpdir)}
-    result = subprocess.run([sys.executable, "-m", "edgert", *[a.format(out=out) for a in args]], cwd=out,
-                            env=env, capture_output=True, text=True, timeout=600,
-                            preexec_fn=limit_file_size(size))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: no space left"), result.stderr
-    assert sum(line.startswith("Error:") for line in lines) == 1, result.stderr
-    assert list(out.iterdir()) == [], "files left in the output folder"
-    assert temp_entries(tmpdir) == [], "files left in $TMPDIR"
-    assert snapshot(*watched) == before, "an input changed"
+    box = Sandbox(tmp_path, inputs)
+    result = subprocess.run(box.argv(args), cwd=box.out, env=box.env, capture_output=True, text=True,
+                            timeout=600, preexec_fn=limit_file_size(size))
+    box.check(result.returncode, result.stderr, "Error: no space left")
 
 
 @pytest.fixture
