@@ -1,10 +1,11 @@
-"""INT8 check: edgert quantize vs ONNX Runtime's quantize_dynamic / quantize_static defaults and
-Optimum's avx512_vnni static config on all-MiniLM-L6-v2 — held-out cosine to FP32 and speedup
-over FP32, timed interleaved in one process.
+"""INT8 check: edgert quantize (with the INT8 kernel configuration it chooses for this CPU's
+instruction sets) vs ONNX Runtime's quantize_dynamic / quantize_static defaults and Optimum's
+avx512_vnni static config on all-MiniLM-L6-v2 — held-out cosine to FP32 and speedup over FP32,
+timed interleaved in one process.
 
-    .venv/bin/python bench/quantize_check.py [--threads 2] [--iters 100]
+    .venv/bin/python bench/quantize_check.py [--threads 2] [--iters 100] [--no-optimum] [--no-write]
 
-Writes its section of bench/RESULTS.md.
+Writes its section of bench/RESULTS.md (unless --no-write, for smoke runs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimum_peer import optimum_export, optimum_quantize  # noqa: E402
 from results import machine, write_section  # noqa: E402
 
+from edgert.cpu import cpu_isa  # noqa: E402
 from edgert.exporters import export  # noqa: E402
 from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.calib import BUNDLED, load_calibration  # noqa: E402
@@ -67,12 +69,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--calib-size", type=int, default=128)
+    parser.add_argument("--no-optimum", action="store_true",
+                        help="leave Optimum out (it needs its own virtual environment)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only (smoke runs)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     options = lambda: session_options(args.threads, spin=False)  # noqa: E731
 
-    console.print("exporting FP32 with edgert …")
-    fp32 = export("minilm", WORK / "edgert_st.onnx", task="sentence-embedding").path
+    isa = cpu_isa()
+    console.print(f"CPU instruction sets: {', '.join(isa.names)} ({isa.int8_class})")
+    console.print("exporting FP32 with edgert (--no-optimize: the portable, unfused graph) …")
+    fp32 = export("minilm", WORK / "edgert_st.onnx", task="sentence-embedding", optimize=False).path
     reference = Session(fp32, options=options())
     tokenize = reference.tokenizer
     calib_samples = load_calibration(CALIB, reference, size=args.calib_size)
@@ -82,26 +89,27 @@ def main() -> None:
     notes: dict[str, str] = {}
     guard = Guard.parse("cosine>=0.99")
     for label, config in (
-        ("edgert dynamic per-channel, guard cosine>=0.99", QuantConfig(mode="dynamic", guard=guard,
-                                                                          calib_size=args.calib_size)),
-        ("edgert dynamic per-channel, --no-fuse", QuantConfig(mode="dynamic", fuse=False,
-                                                               calib_size=args.calib_size)),
-        ("edgert static U8S8 per-channel, guard cosine>=0.99", QuantConfig(mode="static", guard=guard,
-                                                                              calib_size=args.calib_size)),
-        ("edgert static U8S8 per-channel, no guard", QuantConfig(mode="static", calib_size=args.calib_size)),
+        ("edgert dynamic per-channel {kernel}, guard cosine>=0.99",
+         QuantConfig(mode="dynamic", guard=guard, calib_size=args.calib_size)),
+        ("edgert dynamic per-channel {kernel}, --no-fuse",
+         QuantConfig(mode="dynamic", fuse=False, calib_size=args.calib_size)),
+        ("edgert static per-channel {kernel}, guard cosine>=0.99",
+         QuantConfig(mode="static", guard=guard, calib_size=args.calib_size)),
+        ("edgert static per-channel {kernel}, no guard", QuantConfig(mode="static", calib_size=args.calib_size)),
     ):
-        console.print(f"{label} …")
+        console.print(f"{label.format(kernel='')} …")
         result = quantize_model(fp32, WORK / f"edgert_{len(models)}.onnx", config, threads=args.threads)
+        label = label.format(kernel=result.kernel.label)
         models[label] = result.path
-        notes[label] = f"{len(result.float_nodes)} nodes kept in float"
+        notes[label] = f"{len(result.float_nodes)} nodes kept in float; {kernel_note(result)}"
         if any(result.fused.values()):
             notes[label] += "; fused " + ", ".join(f"{n} {op}" for op, n in result.fused.items())
     fused_fp32 = WORK / "edgert_st_fused_fp32.onnx"
-    fuse_for_ort_cpu(fp32, fused_fp32)
-    models["FP32, fused as edgert quantize fuses (no INT8)"] = fused_fp32
-    notes["FP32, fused as edgert quantize fuses (no INT8)"] = "how much of the speedup is fusion alone"
+    fuse_for_ort_cpu(fp32, fused_fp32, skip_layer_norm=False)
+    models["FP32, fused as edgert export and quantize fuse (no INT8)"] = fused_fp32
+    notes["FP32, fused as edgert export and quantize fuse (no INT8)"] = "how much of the speedup is fusion alone"
     models.update(ort_defaults(fp32, calib_samples))
-    optimum_fp32 = optimum_export("sentence_transformers", WORK)
+    optimum_fp32 = None if args.no_optimum else optimum_export("sentence_transformers", WORK)
     if optimum_fp32:
         int8 = optimum_quantize(optimum_fp32[0].parent, CALIB, args.calib_size)
         if int8:
@@ -109,7 +117,7 @@ def main() -> None:
             notes["Optimum ORTQuantizer avx512_vnni static (per-channel)"] = "its own export and op list"
 
     want = embeddings(reference, heldout, tokenize)
-    sessions = {"FP32 (edgert export)": reference}
+    sessions = {"FP32 (edgert export --no-optimize)": reference}
     accuracy = {}
     for label, path in models.items():
         session = Session(path, options=options())
@@ -131,18 +139,29 @@ def main() -> None:
                                        progress=lambda n: progress.advance(task, n))
         timings[(batch, seq)] = [LatencyStats.from_seconds(s).p50 for s in samples]
 
-    body = render(list(sessions), accuracy, notes, timings, args)
-    write_section("quantize_check", body)
+    body = render(list(sessions), accuracy, notes, timings, args, isa)
+    if not args.no_write:
+        write_section("quantize_check", body)
     console.print(body)
 
 
-def render(labels, accuracy, notes, timings, args) -> str:
+def kernel_note(result) -> str:
+    """Which INT8 kernel configuration edgert chose, and what it measured for each candidate."""
+    measured = ", ".join(f"{c.kernel.label}{' (chosen)' if c.chosen else ''} cosine {c.accuracy.cosine_mean:.4f}"
+                         + (f" {c.speedup:.2f}x" if c.speedup is not None else "") for c in result.candidates)
+    return f"kernel candidates: {measured}; rule: {result.choice}"
+
+
+def render(labels, accuracy, notes, timings, args, isa) -> str:
     lines = ["## INT8: edgert quantize vs ONNX Runtime and Optimum defaults (issue 3)", "",
-             f"Machine: {machine()}. ONNX Runtime CPU, {args.threads} threads, allow_spinning=0, "
+             f"Machine: {machine()}; INT8-relevant instruction sets (edgert.cpu): "
+             f"{', '.join(isa.names) or 'none known'}, so edgert chooses among the `{isa.int8_class}` "
+             f"INT8 kernel configurations. ONNX Runtime CPU, {args.threads} threads, allow_spinning=0, "
              "all models timed interleaved in blocks in one process. Accuracy: cosine of the "
              f"sentence embedding to FP32 over the {sum(1 for _ in HELDOUT.read_text().splitlines() if _.strip())} "
              f"bundled held-out sentences (batch 1 each); calibration: {args.calib_size} bundled sentences.", "",
-             f"Command: `.venv/bin/python bench/quantize_check.py --threads {args.threads} --iters {args.iters}`", "",
+             f"Command: `.venv/bin/python bench/quantize_check.py --threads {args.threads} --iters {args.iters}"
+             + (" --no-optimum" if args.no_optimum else "") + "`", "",
              "| model | cosine mean | cosine min | " + " | ".join(f"b{b} s{s} p50 ms (speedup)" for b, s in SHAPES)
              + " | note |",
              "|---|---:|---:|" + "---:|" * len(SHAPES) + "---|"]

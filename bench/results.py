@@ -26,7 +26,11 @@ def machine() -> str:
         pass
     import os
 
-    return f"{model}, {os.cpu_count()} logical cores, {platform.system()}"
+    from edgert.cpu import cpu_isa
+
+    isa = cpu_isa()  # INT8 figures depend on these (ONNX Runtime's kernels differ with VNNI)
+    return (f"{model} ({', '.join(isa.detected) or 'no INT8-relevant instruction sets found'}; "
+            f"INT8 class {isa.int8_class}), {os.cpu_count()} logical cores, {platform.system()}")
 
 
 def write_section(name: str, body: str) -> None:

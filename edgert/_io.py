@@ -141,6 +141,19 @@ def temporary_directory(prefix: str = "edgert-") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def tempfiles_in(folder: Path) -> Iterator[None]:
+    """Make the `tempfile` module create its files and folders inside `folder` (a registered
+    temporary directory) for the duration, so that libraries' own temporaries (ONNX Runtime's
+    quantization tools make several) are removed with it, interrupts included."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+@contextlib.contextmanager
 def disk_full_as_error(where: Path) -> Iterator[None]:
     """Turn a full disk (ENOSPC, EDQUOT, EFBIG) while writing under `where` into one line."""
     try:

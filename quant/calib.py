@@ -20,36 +20,38 @@ class CalibrationError(EdgertError):
 
 
 def load_calibration(path: str | Path, session: Session, *, size: int | None = None,
-                     same_length: bool = False) -> list[dict[str, np.ndarray]]:
+                     same_length: bool = False, role: str = "calibration data"
+                     ) -> list[dict[str, np.ndarray]]:
     """Read up to `size` calibration examples from `path` as feed dicts for `session`
     (a Session, or anything with its input_names, tokenizer, check_inputs and path).
 
     Each example is a batch of one and unpadded, so padding never enters the activation
     statistics, unless `same_length` (histogram calibrators need equal shapes): then text
-    examples are padded to the longest one.
+    examples are padded to the longest one. `role` names the file in errors
+    (e.g. "held-out data").
     """
     path = Path(path)
     if size is not None and size < 1:
         raise CalibrationError(f"calibration size must be >= 1, got {size}")
     if not path.exists():
-        raise CalibrationError(f"calibration data not found: {path}")
+        raise CalibrationError(f"{role} not found: {path}")
     if path.is_dir():
-        raise CalibrationError(f"{path} is a folder; image calibration needs a vision model, "
+        raise CalibrationError(f"{role} {path} is a folder; image calibration needs a vision model, "
                                "and edgert has none yet: give a .txt or .npz file")
     if path.suffix == ".npz":
         samples = _npz_samples(path, session)
     else:
-        samples = _text_samples(path, session, size, same_length)
+        samples = _text_samples(path, session, size, same_length, role)
     if not samples:
-        raise CalibrationError(f"calibration data {path} has no examples")
+        raise CalibrationError(f"{role} {path} has no examples")
     samples = samples[:size] if size else samples
     for feeds in samples:
         session.check_inputs(feeds)
     return samples
 
 
-def _text_samples(path: Path, session: Session, size: int | None, same_length: bool
-                  ) -> list[dict[str, np.ndarray]]:
+def _text_samples(path: Path, session: Session, size: int | None, same_length: bool,
+                  role: str) -> list[dict[str, np.ndarray]]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
@@ -61,7 +63,7 @@ def _text_samples(path: Path, session: Session, size: int | None, same_length: b
     try:
         tokenize = session.tokenizer
     except EdgertError:
-        raise CalibrationError(f"text calibration needs a model that carries a tokenizer; "
+        raise CalibrationError(f"text {role} needs a model that carries a tokenizer; "
                                f"{session.path.name} takes {', '.join(session.input_names)}: "
                                "give an .npz of those arrays instead") from None
     if same_length:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -66,9 +67,16 @@ def speed_check(reference: Session, candidate: Session, *, batch: int = 1, seq: 
     Give sessions made with spin=False: two spinning thread pools taking turns on the same
     cores slow each other down.
     """
+    return speed_checks(reference, [candidate], batch=batch, seq=seq, iters=iters, warmup=warmup)[0]
+
+
+def speed_checks(reference: Session, candidates: Sequence[Session], *, batch: int = 1, seq: int = 128,
+                 iters: int = 50, warmup: int = 5) -> list[SpeedCheck]:
+    """speed_check for several INT8 candidates at once: FP32 and every candidate timed
+    interleaved in one run, so their speedups share one FP32 timing and compare fairly."""
     feeds = reference.check_inputs(synthesize_inputs(reference, batch=batch, seq=seq))
-    q_feeds = candidate.check_inputs(feeds)
-    fp32, int8 = time_interleaved([lambda: reference.run_unchecked(feeds),
-                                   lambda: candidate.run_unchecked(q_feeds)],
-                                  iters=iters, warmup=warmup)
-    return SpeedCheck(LatencyStats.from_seconds(fp32), LatencyStats.from_seconds(int8), batch, seq)
+    runners = [partial(reference.run_unchecked, feeds)]
+    runners += [partial(c.run_unchecked, c.check_inputs(feeds)) for c in candidates]
+    fp32, *int8 = time_interleaved(runners, iters=iters, warmup=warmup)
+    fp32_ms = LatencyStats.from_seconds(fp32)
+    return [SpeedCheck(fp32_ms, LatencyStats.from_seconds(times), batch, seq) for times in int8]

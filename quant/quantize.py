@@ -1,33 +1,41 @@
-"""`edgert quantize --int8`: ONNX Runtime's QDQ / dynamic quantization, calibrated, with an
-accuracy guard that keeps the most sensitive nodes in float until the guard holds."""
+"""`edgert quantize --int8`: ONNX Runtime's QDQ / dynamic quantization, calibrated, with the
+INT8 kernel configuration chosen for this CPU by measurement and an accuracy guard that keeps
+the most sensitive nodes in float until the guard holds."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
-from edgert._io import atomic_output, check_output_path
+from edgert import cpu
+from edgert._io import atomic_output, check_output_path, temporary_directory, tempfiles_in
 from edgert.errors import EdgertError
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY
 from edgert.quant.calib import BUNDLED, load_calibration
-from edgert.quant.evaluate import METRICS, Accuracy, SpeedCheck, accuracy, speed_check
+from edgert.quant.evaluate import METRICS, Accuracy, SpeedCheck, accuracy, speed_check, speed_checks
 from edgert.quant.outliers import TensorStats, activation_stats
 from edgert.session import Session, session_options
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                  "QLinearMatMul", "QLinearConv", "ConvInteger", "DynamicQuantizeMatMul",
                  "MatMulIntegerToFloat", "QAttention", "QGemm"}
+ORT_ONLY_DOMAIN = "com.microsoft"
 OP_TYPES = ("MatMul", "Gemm", "Conv")
 MODES, METHODS, TARGETS = ("static", "dynamic"), ("minmax", "entropy", "percentile"), ("cpu", "tensorrt")
 MAX_ATTEMPTS = 16
 OUTLIER_SAMPLES = 32  # enough for stable max/kurtosis ranks; the full set costs minutes
+# Guard thresholds a quantized model can meet: cosine 1 means bit-exact; 8-bit rounding noise
+# alone caps SQNR near 50 dB (6.02 dB per bit + 1.76), so 100 dB is out of any INT8 model's reach.
+GUARD_RANGES = {"cosine": (0.0, 1.0, "at least 0 and below 1"),
+                "sqnr": (0.0, 100.0, "between 0 and 100 dB")}
+# Without a guard, candidates whose SQNR is within this of the best count as equally accurate.
+SQNR_TOLERANCE_DB = 1.0
 
 
 class QuantizeError(EdgertError):
@@ -43,19 +51,77 @@ class Guard:
 
     @classmethod
     def parse(cls, text: str) -> Guard:
+        """`cosine>=0.99` or `sqnr>=30`; a malformed or unreachable guard is a QuantizeError."""
         match = re.fullmatch(r"\s*(\w+)\s*>=\s*([-+0-9.eE]+)\s*", text)
         if not match or match.group(1) not in METRICS:
             raise QuantizeError(f"bad guard {text!r}; expected METRIC>=VALUE with METRIC one of "
                                 f"{', '.join(METRICS)}, e.g. cosine>=0.99")
         try:
-            return cls(match.group(1), float(match.group(2)))
+            guard = cls(match.group(1), float(match.group(2)))
         except ValueError:
             raise QuantizeError(f"bad guard value in {text!r}") from None
+        guard.check()
+        return guard
+
+    def check(self) -> None:
+        """Refuse a threshold no INT8 model can meet (or that every model meets)."""
+        if self.metric not in GUARD_RANGES:
+            raise QuantizeError(f"bad guard metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        low, high, words = GUARD_RANGES[self.metric]
+        ok = math.isfinite(self.threshold) and low <= self.threshold
+        ok = ok and (self.threshold < high if self.metric == "cosine" else self.threshold <= high)
+        if not ok:
+            raise QuantizeError(f"guard {self}: a {self.metric} guard must be {words}")
+
+    def holds(self, measured: Accuracy) -> bool:
+        return measured.value(self.metric) >= self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.metric}>={self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """The integer types ONNX Runtime multiplies: activations x weights (uint8 / int8), weights
+    in 7 bits when reduce_range, symmetric int8 on both sides for TensorRT."""
+
+    activation: str
+    weight: str
+    reduce_range: bool = False
+    symmetric: bool = False
+
+    @property
+    def label(self) -> str:
+        short = {"uint8": "U8", "int8": "S8"}
+        label = short[self.activation] + short[self.weight]
+        if self.reduce_range:
+            label += " reduce-range"
+        return label + (" symmetric" if self.symmetric else "")
+
+
+U8S8 = Int8Kernel("uint8", "int8")
+U8S8_REDUCED = Int8Kernel("uint8", "int8", reduce_range=True)
+U8U8 = Int8Kernel("uint8", "uint8")
+S8S8 = Int8Kernel("int8", "int8")
+TENSORRT = Int8Kernel("int8", "int8", symmetric=True)
+# Per CPU class (edgert.cpu) and mode, the kernels worth measuring, safest first. x86 without
+# VNNI runs U8S8 through VPMADDUBSW, whose int16 pair sums saturate: 7-bit weights keep
+# 2 x 255 x 63 below 2^15, and U8U8 takes another, unsaturated path (ONNX Runtime's
+# quantization docs name both remedies). S8S8 QDQ is turned back into U8S8 on x86. With VNNI
+# or AMX, and on Arm, nothing saturates. Dynamic mode always has uint8 activations.
+KERNELS = {
+    cpu.VNNI: {"static": (U8S8,), "dynamic": (U8S8,)},
+    cpu.NO_VNNI: {"static": (U8S8_REDUCED, U8U8), "dynamic": (U8S8_REDUCED, U8U8)},
+    cpu.ARM_DOTPROD: {"static": (S8S8, U8S8), "dynamic": (U8S8,)},
+    cpu.ARM_NO_DOTPROD: {"static": (S8S8, U8S8), "dynamic": (U8S8,)},
+    cpu.UNKNOWN: {"static": (U8S8_REDUCED, U8U8), "dynamic": (U8S8_REDUCED, U8U8)},
+}
 
 
 @dataclass
 class QuantConfig:
-    """How to quantize. exclude: node names or op types kept in float."""
+    """How to quantize. exclude: node names or op types kept in float. isa: the instruction
+    sets to choose INT8 kernels for (e.g. "avx2"; None or "auto": $EDGERT_CPU_ISA, else detect)."""
 
     mode: str = "static"
     method: str = "minmax"
@@ -65,6 +131,7 @@ class QuantConfig:
     calib_size: int = 128
     guard: Guard | None = None
     fuse: bool = True  # attention/LayerNorm/GELU fusions for ONNX Runtime CPU (target cpu only)
+    isa: str | None = None
 
     def check(self) -> None:
         for name, value, allowed in (("mode", self.mode, MODES), ("method", self.method, METHODS),
@@ -75,6 +142,54 @@ class QuantConfig:
             raise QuantizeError("TensorRT takes static (QDQ) INT8 only; use --mode static")
         if self.calib_size < 1:
             raise QuantizeError(f"calib size must be >= 1, got {self.calib_size}")
+        if self.guard is not None:
+            self.guard.check()
+        if self.isa is not None:
+            cpu.parse_isa(self.isa)
+
+
+def candidate_kernels(config: QuantConfig, isa: cpu.CpuIsa) -> tuple[Int8Kernel, ...]:
+    """The INT8 kernel configurations to measure for `config` on a CPU with `isa`."""
+    if config.target == "tensorrt":
+        return (TENSORRT,)
+    return KERNELS[isa.int8_class][config.mode]
+
+
+@dataclass
+class Candidate:
+    """One kernel configuration, quantized with the initial float nodes and measured.
+    speedup: FP32 p50 / INT8 p50, all candidates timed interleaved (None: not timed alone)."""
+
+    kernel: Int8Kernel
+    accuracy: Accuracy
+    speedup: float | None = None
+    chosen: bool = False
+
+
+def choose_kernel(candidates: Sequence[Candidate], guard: Guard | None) -> tuple[int, str]:
+    """Index of the candidate to keep, and why.
+
+    With a guard: the fastest candidate that meets it; if none does, the one closest to it
+    (the greedy float-node search then starts from there, needing the fewest float nodes).
+    Without a guard: the fastest of those whose SQNR is within SQNR_TOLERANCE_DB of the most
+    accurate one, so speed never buys more than that much accuracy. One candidate: itself.
+    Speeds come from one interleaved run of FP32 and every candidate (batch 1, seq 128).
+    """
+    if len(candidates) == 1:
+        return 0, "the only candidate for this CPU"
+
+    def fastest(indices: list[int]) -> int:
+        return max(indices, key=lambda i: candidates[i].speedup or 0.0)
+
+    if guard is not None:
+        meeting = [i for i, c in enumerate(candidates) if guard.holds(c.accuracy)]
+        if meeting:
+            return fastest(meeting), f"fastest meeting guard {guard}"
+        best = max(range(len(candidates)), key=lambda i: candidates[i].accuracy.value(guard.metric))
+        return best, f"none meets guard {guard}: closest to it"
+    best_db = max(c.accuracy.sqnr_db for c in candidates)
+    close = [i for i, c in enumerate(candidates) if c.accuracy.sqnr_db >= best_db - SQNR_TOLERANCE_DB]
+    return fastest(close), f"fastest within {SQNR_TOLERANCE_DB:g} dB SQNR of the most accurate"
 
 
 @dataclass
@@ -96,6 +211,10 @@ class QuantResult:
     heldout: str = ""
     fused: dict[str, int] = field(default_factory=dict)
     outliers: list[TensorStats] = field(default_factory=list)  # worst fake-INT8 SQNR first
+    isa: cpu.CpuIsa | None = None
+    kernel: Int8Kernel = U8S8
+    candidates: list[Candidate] = field(default_factory=list)
+    choice: str = ""
 
 
 Step = Callable[[str], None]
@@ -104,23 +223,25 @@ Step = Callable[[str], None]
 def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: QuantConfig, *,
                    calib: str | os.PathLike | None = None, heldout: str | os.PathLike | None = None,
                    threads: int | None = None, on_step: Step | None = None) -> QuantResult:
-    """Quantize `model` to INT8 at `output`, enforcing `config.guard` on held-out data."""
+    """Quantize `model` to INT8 at `output` with the kernel configuration that is accurate and
+    fastest on this CPU (see choose_kernel), enforcing `config.guard` on held-out data."""
     step = on_step or (lambda _: None)
     config.check()
-    output = check_output_path(output)
+    output = check_output_path(output, inputs=(model, calib, heldout))
     reference = Session(model, options=session_options(threads, spin=False))
     proto = load_onnx_proto(model)
-    already = sorted({n.op_type for n in proto.graph.node} & QUANTIZED_OPS)
-    if already:
-        raise QuantizeError(f"{model} is already quantized (it has {', '.join(already)})")
+    _check_quantizable(proto, model, config)
+    isa = cpu.cpu_isa(config.isa)
+    kernels = candidate_kernels(config, isa)
     calib, heldout = _data_paths(reference, calib, heldout)
     step("calibration data")
     samples = load_calibration(calib, reference, size=config.calib_size,
                                same_length=config.method != "minmax")
-    checks = load_calibration(heldout, reference) if heldout else samples
+    checks = load_calibration(heldout, reference, role="held-out data") if heldout else samples
+    options = session_options(threads, spin=False)
 
-    with tempfile.TemporaryDirectory(prefix="edgert-quant-") as work:
-        pre = Path(work) / "pre.onnx"
+    with temporary_directory(prefix="edgert-quant-") as work, tempfiles_in(work):
+        pre = work / "pre.onnx"
         step("pre-processing")
         _preprocess(model, pre)
         step("activation outliers")
@@ -128,36 +249,103 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         fused: dict[str, int] = {}
         if config.fuse and config.target == "cpu":
             step("fusing attention for ONNX Runtime CPU")
-            fused = _fuse(pre, Path(work) / "fused.onnx")
+            fused = _fuse(pre, work / "fused.onnx")
             if any(fused.values()):
-                pre = Path(work) / "fused.onnx"
+                pre = work / "fused.onnx"
         nodes = load_onnx_proto(pre).graph.node
         float_nodes = _resolve_excludes(config.exclude, nodes)
         ranking = _sensitivity_ranking(nodes, outliers)
-        attempts = []
-        candidate = Path(work) / "int8.onnx"
-        while True:
-            step(f"quantizing ({len(float_nodes)} nodes in float)")
-            _quantize(pre, candidate, config, samples, float_nodes)
-            quantized = Session(candidate, options=session_options(threads, spin=False))
-            measured = accuracy(reference, quantized, checks)
-            attempts.append(Attempt(len(float_nodes), measured))
-            if config.guard is None or measured.value(config.guard.metric) >= config.guard.threshold:
-                break
+
+        trial = _Trial(pre, work, config, samples, reference, checks, options, step)
+        candidates, paths, speeds = trial.measure_candidates(kernels, float_nodes)
+        chosen, choice = choose_kernel(candidates, config.guard)
+        if config.target == "tensorrt":
+            choice = "symmetric S8S8 QDQ, the form TensorRT's explicit quantization takes"
+        candidates[chosen].chosen = True
+        kernel = kernels[chosen]
+        path, final_nodes, attempts = trial.meet_guard(kernel, paths[chosen], candidates[chosen].accuracy,
+                                                       float_nodes, ranking)
+        if speeds and final_nodes == float_nodes:
+            speed = speeds[chosen]
+        else:
+            step("timing FP32 vs INT8")
+            speed = speed_check(reference, Session(path, options=options))
+            if len(candidates) == 1 and final_nodes == float_nodes:
+                candidates[0].speedup = speed.speedup
+        result = QuantResult(output, config, final_nodes, attempts[-1].accuracy, speed, attempts,
+                             heldout=str(heldout) if heldout else f"{calib} (calibration data)",
+                             fused=fused, outliers=outliers, isa=isa, kernel=kernel,
+                             candidates=candidates, choice=choice)
+        _write(path, output, proto, result)
+    return result
+
+
+@dataclass
+class _Trial:
+    """Quantizes the pre-processed graph one way and measures it against FP32."""
+
+    pre: Path
+    work: Path
+    config: QuantConfig
+    samples: list
+    reference: Session
+    checks: list
+    options: object
+    step: Step
+
+    def quantize(self, kernel: Int8Kernel, float_nodes: list[str], path: Path) -> tuple[Session, Accuracy]:
+        _quantize(self.pre, path, self.config, kernel, self.samples, float_nodes)
+        session = Session(path, options=self.options)
+        return session, accuracy(self.reference, session, self.checks)
+
+    def measure_candidates(self, kernels: Sequence[Int8Kernel], float_nodes: list[str]
+                           ) -> tuple[list[Candidate], list[Path], list[SpeedCheck]]:
+        """Each kernel's accuracy; with more than one, their speed too, timed together."""
+        candidates, paths, sessions = [], [], []
+        for i, kernel in enumerate(kernels):
+            self.step(f"quantizing with {kernel.label} ({i + 1} of {len(kernels)} kernel candidates)")
+            paths.append(self.work / f"candidate{i}.onnx")
+            session, measured = self.quantize(kernel, float_nodes, paths[-1])
+            sessions.append(session)
+            candidates.append(Candidate(kernel, measured))
+        if len(candidates) == 1:
+            return candidates, paths, []
+        self.step(f"timing FP32 vs {len(candidates)} INT8 kernel candidates")
+        speeds = speed_checks(self.reference, sessions)
+        for candidate, speed in zip(candidates, speeds):
+            candidate.speedup = speed.speedup
+        return candidates, paths, speeds
+
+    def meet_guard(self, kernel: Int8Kernel, path: Path, measured: Accuracy, float_nodes: list[str],
+                   ranking) -> tuple[Path, list[str], list[Attempt]]:
+        """Keep the consumers of the worst activations in float until the guard holds
+        (`path` is already quantized with `float_nodes` and measured)."""
+        guard = self.config.guard
+        attempts = [Attempt(len(float_nodes), measured)]
+        while guard is not None and not guard.holds(measured):
             float_nodes = _next_float_nodes(ranking, float_nodes)
             if float_nodes is None or len(attempts) >= MAX_ATTEMPTS:
-                tried = ", ".join(f"{a.float_nodes} float nodes → {config.guard.metric} "
-                                  f"{a.accuracy.value(config.guard.metric):.4f}" for a in attempts)
-                raise QuantizeError(f"guard {config.guard.metric}>={config.guard.threshold:g} cannot be "
-                                    f"met; tried {tried}; nothing written")
-        step("timing FP32 vs INT8")
-        speed = speed_check(reference, quantized)
-        del quantized
-        result = QuantResult(output, config, float_nodes, measured, speed, attempts,
-                             heldout=str(heldout) if heldout else f"{calib} (calibration data)",
-                             fused=fused, outliers=outliers)
-        _write(candidate, output, proto, result)
-    return result
+                tried = ", ".join(f"{a.float_nodes} float nodes → {guard.metric} "
+                                  f"{a.accuracy.value(guard.metric):.4f}" for a in attempts)
+                raise QuantizeError(f"guard {guard} cannot be met with INT8 {kernel.label}; "
+                                    f"tried {tried}; nothing written")
+            self.step(f"quantizing with {kernel.label} ({len(float_nodes)} nodes in float)")
+            path = self.work / "int8.onnx"
+            _, measured = self.quantize(kernel, float_nodes, path)
+            attempts.append(Attempt(len(float_nodes), measured))
+        return path, float_nodes, attempts
+
+
+def _check_quantizable(proto, model, config: QuantConfig) -> None:
+    """Refuse graphs that are quantized already, and ONNX Runtime-only graphs for TensorRT."""
+    ops = {(n.domain, n.op_type) for n in proto.graph.node}
+    already = sorted({op for _, op in ops} & QUANTIZED_OPS)
+    if already:
+        raise QuantizeError(f"{model} is already quantized (it has {', '.join(already)})")
+    ort_only = sorted({op for domain, op in ops if domain == ORT_ONLY_DOMAIN})
+    if config.target == "tensorrt" and ort_only:
+        raise QuantizeError(f"{model} has ONNX Runtime-only {ORT_ONLY_DOMAIN} ops ({', '.join(ort_only)}), "
+                            "which TensorRT cannot parse; export it with --no-optimize for --target tensorrt")
 
 
 def _data_paths(session: Session, calib, heldout) -> tuple[Path, Path | None]:
@@ -193,14 +381,16 @@ def _resolve_excludes(items: Sequence[str], nodes) -> list[str]:
     return names
 
 
-def _quantize(pre: Path, out: Path, config: QuantConfig, samples, float_nodes: list[str]) -> None:
+def _quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, samples,
+              float_nodes: list[str]) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_dynamic, quantize_static)
 
-    if config.mode == "dynamic":
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    if config.mode == "dynamic":  # activations are always uint8 (DynamicQuantizeLinear)
         quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(OP_TYPES),
-                         per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=float_nodes)
+                         per_channel=config.per_channel, reduce_range=kernel.reduce_range,
+                         weight_type=types[kernel.weight], nodes_to_exclude=float_nodes)
         return
 
     class Reader(CalibrationDataReader):
@@ -210,18 +400,16 @@ def _quantize(pre: Path, out: Path, config: QuantConfig, samples, float_nodes: l
         def get_next(self):
             return next(self._items, None)
 
-    tensorrt = config.target == "tensorrt"
-    # U8S8 on CPU: S8S8 QDQ ran 2x slower than FP32 on this machine's ONNX Runtime (DESIGN.md).
     # TensorRT's explicit quantization wants symmetric int8 on both sides.
     quantize_static(
         str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(OP_TYPES), per_channel=config.per_channel,
-        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes,
+        reduce_range=kernel.reduce_range, activation_type=types[kernel.activation],
+        weight_type=types[kernel.weight], nodes_to_exclude=float_nodes,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[config.method],
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "DedicatedQDQPair": True} if tensorrt else {})
+                       "DedicatedQDQPair": True} if kernel.symmetric else {})
 
 
 def _fuse(pre: Path, out: Path) -> dict[str, int]:
@@ -232,7 +420,9 @@ def _fuse(pre: Path, out: Path) -> dict[str, int]:
         warnings.warn("onnxscript is not installed (pip install 'edgert[export]'), so attention "
                       "is not fused; the INT8 model will be slower", stacklevel=2)
         return {}
-    return fuse_for_ort_cpu(pre, out)
+    # Residual Add+LayerNorm stays unfused, as in `edgert export`: ONNX Runtime's CPU
+    # SkipLayerNormalization is slower than the two ops (dynamic INT8 MiniLM 1.29x faster without).
+    return fuse_for_ort_cpu(pre, out, skip_layer_norm=False)
 
 
 def _sensitivity_ranking(nodes, stats: list[TensorStats]) -> list[tuple[str, list[str]]]:
@@ -273,6 +463,11 @@ def _write(candidate: Path, output: Path, original, result: QuantResult) -> None
         "fp32_p50_ms": result.speed.fp32_ms.p50, "int8_p50_ms": result.speed.int8_ms.p50,
         "timed_at": {"batch": result.speed.batch, "seq": result.speed.seq},
         "fused": result.fused,
+        "cpu": result.isa.to_dict() if result.isa else None,
+        "kernel": {"label": result.kernel.label, **asdict(result.kernel)},
+        "candidates": [{"kernel": c.kernel.label, "config": asdict(c.kernel), **asdict(c.accuracy),
+                        "speedup": c.speedup, "chosen": c.chosen} for c in result.candidates],
+        "choice": result.choice,
     }
     if MANIFEST_KEY in props:
         manifest = Manifest.from_json(props[MANIFEST_KEY])

@@ -15,9 +15,10 @@ from rich.table import Table
               help="Also write the summary as JSON.")
 def command(model: str, json_path: str | None) -> None:
     """Show MODEL's inputs/outputs, opsets, op histogram, parameters, custom ops and manifest."""
-    from edgert._io import write_text_atomic
+    from edgert._io import check_outputs, write_text_atomic
     from edgert.model_info import inspect_model
 
+    check_outputs([json_path], inputs=[model])
     info = inspect_model(model)
     console = Console()
     console.print(f"[bold]{info.path}[/]  IR {info.ir_version}, producer {info.producer or '?'}")
@@ -59,7 +60,8 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
     quant = (manifest.get("extra") or {}).get("quantization")
     if quant:
         acc, cfg = quant["accuracy"], quant["config"]
-        console.print(f"quantization: {cfg['mode']} int8 ({cfg['method']}, target {cfg['target']}), "
+        console.print(f"quantization: {cfg['mode']} int8 {_kernel_words(quant)}({cfg['method']}, "
+                      f"target {cfg['target']}{_isa_words(quant)}), "
                       f"{len(quant['float_nodes'])} nodes kept in float; cosine to FP32 mean "
                       f"{acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, SQNR {acc['sqnr_db']:.1f} dB; "
                       f"{quant['speedup']:.2f}x FP32 at batch {quant['timed_at']['batch']}, "
@@ -73,3 +75,18 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
         windows = sum(c["kind"] == "window" for layer in layers for c in layer["cache"])
         console.print(f"head plan: {len(layers)} layers, query heads {heads}, kv heads {kv}, "
                       f"softmax {'/'.join(softmax)}, streaming kv heads {windows}")
+
+
+def _kernel_words(quant: dict) -> str:
+    """`U8S8 reduce-range ` from a quantization record (empty for records that predate it)."""
+    kernel = quant.get("kernel")
+    return f"{kernel['label']} " if kernel else ""
+
+
+def _isa_words(quant: dict) -> str:
+    """`, chosen for CPU avx2 (no-vnni, overridden)` from a quantization record."""
+    isa = quant.get("cpu")
+    if not isa or quant["config"]["target"] != "cpu":
+        return ""
+    names = ", ".join(isa["names"]) or "no known instruction sets"
+    return f", chosen for CPU {names} ({isa['class']}{', overridden' if isa['overridden'] else ''})"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 from rich.table import Table
 
 from edgert.errors import EdgertError
+
+if TYPE_CHECKING:
+    from edgert.quant.quantize import QuantResult
 
 
 @click.command("quantize")
@@ -17,7 +22,7 @@ from edgert.errors import EdgertError
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data: .txt (one example per line) or .npz of inputs. "
                    "Default: the built-in set of a built-in model.")
-@click.option("--calib-size", type=int, default=128, show_default=True)
+@click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--heldout", type=click.Path(), default=None,
               help="Held-out data for the guard (same formats). Default: the built-in set, "
                    "else the calibration data.")
@@ -32,28 +37,34 @@ from edgert.errors import EdgertError
 @click.option("--guard", default=None, metavar="METRIC>=VALUE",
               help="e.g. cosine>=0.99 or sqnr>=20: keep sensitive nodes in float until it holds.")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
-              help="Target cpu: fuse attention, skip+LayerNorm and bias+GELU into ONNX Runtime "
-                   "CPU kernels (com.microsoft ops) before quantizing.")
-@click.option("--report", "report_rows", type=int, default=10, show_default=True,
+              help="Target cpu: fuse attention and bias+GELU into ONNX Runtime CPU kernels "
+                   "(com.microsoft ops) before quantizing (an `edgert export` is fused already).")
+@click.option("--report", "report_rows", type=click.IntRange(min=0), default=10, show_default=True,
               help="Print this many worst activation tensors of the outlier report (0: none).")
+@click.option("--isa", default="auto", show_default=True, metavar="auto|NAME[,NAME...]",
+              help="Choose INT8 kernels for these instruction sets (e.g. avx2, avx512_vnni) "
+                   "instead of this CPU's; auto: $EDGERT_CPU_ISA, else detect.")
 @click.option("--threads", type=int, default=None)
 def command(model: str, output: str, int8: bool, mode: str, calib: str | None, calib_size: int,
             heldout: str | None, method: str, per_channel: bool, exclude: tuple[str, ...],
-            target: str, guard: str | None, fuse: bool, report_rows: int, threads: int | None) -> None:
+            target: str, guard: str | None, fuse: bool, report_rows: int, isa: str,
+            threads: int | None) -> None:
     """Quantize MODEL to INT8 with ONNX Runtime, check accuracy on held-out data against
     FP32, and time FP32 vs INT8 side by side."""
     from edgert.cli.analyze_cmd import outlier_table
+    from edgert.cli.progress import show_steps
     from edgert.quant.quantize import Guard, QuantConfig, quantize_model
+    from edgert.session import check_threads
 
     if not int8:
         raise EdgertError("say which precision: --int8 (the only one supported)")
+    check_threads(threads)
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
-                         target=target, calib_size=calib_size, fuse=fuse,
+                         target=target, calib_size=calib_size, fuse=fuse, isa=isa,
                          guard=Guard.parse(guard) if guard else None)
-    err = Console(stderr=True)
-    with err.status("quantizing") as status:
+    with show_steps("quantize", {}) as step:
         result = quantize_model(model, output, config, calib=calib, heldout=heldout,
-                                threads=threads, on_step=status.update)
+                                threads=threads, on_step=step)
     console = Console()
     if report_rows > 0:
         console.print(outlier_table(result.outliers[:report_rows],
@@ -61,7 +72,9 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
                                     "by fake-INT8 SQNR; `edgert analyze outliers` for all)"))
     if any(result.fused.values()):
         console.print("fused for ONNX Runtime CPU: " + ", ".join(f"{n} {op}" for op, n in result.fused.items()))
-    table = Table(title=f"INT8 ({mode}, {method}, {'per-channel' if per_channel else 'per-tensor'}, "
+    console.print(cpu_line(result))
+    console.print(candidate_table(result))
+    table = Table(title=f"INT8 {result.kernel.label} ({mode}, {method}, {'per-channel' if per_channel else 'per-tensor'}, "
                         f"target {target}) vs FP32")
     for column in ("attempt", "nodes in float", "cosine mean", "cosine min", "SQNR dB"):
         table.add_column(column, justify="right")
@@ -69,6 +82,7 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
         table.add_row(str(i), str(a.float_nodes), f"{a.accuracy.cosine_mean:.4f}",
                       f"{a.accuracy.cosine_min:.4f}", f"{a.accuracy.sqnr_db:.1f}")
     console.print(table)
+    console.print(guard_line(result))
     console.print(f"held-out data: {result.heldout}")
     if result.float_nodes:
         console.print("kept in float: " + ", ".join(result.float_nodes))
@@ -80,3 +94,40 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     else:
         console.print(line)
     console.print(f"wrote {result.path}")
+
+
+def cpu_line(result: QuantResult) -> str:
+    """The instruction sets the INT8 kernels were chosen for, and whether they were detected."""
+    isa = result.isa
+    line = f"CPU instruction sets: {', '.join(isa.names) or 'none known'} ({isa.int8_class} INT8 class"
+    if isa.overridden:
+        line += f"; set by {'--isa' if isa.source == 'config' else isa.source}, "
+        line += f"this CPU has {', '.join(isa.detected) or 'none known'}"
+    line += ")"
+    if result.config.target == "tensorrt":
+        line += "; target tensorrt always gets symmetric S8S8 QDQ"
+    return line
+
+
+def candidate_table(result: QuantResult) -> Table:
+    """Every INT8 kernel configuration measured for this CPU, the chosen one marked."""
+    table = Table(title=f"INT8 kernel candidates: {result.choice}")
+    for column in ("", "kernel", "cosine mean", "cosine min", "SQNR dB", "speedup"):
+        table.add_column(column, justify="left" if column in ("", "kernel") else "right")
+    for c in result.candidates:
+        table.add_row("chosen" if c.chosen else "", c.kernel.label, f"{c.accuracy.cosine_mean:.4f}",
+                      f"{c.accuracy.cosine_min:.4f}", f"{c.accuracy.sqnr_db:.1f}",
+                      f"{c.speedup:.2f}x" if c.speedup is not None else "-")
+    return table
+
+
+def guard_line(result: QuantResult) -> str:
+    """Whether the guard held, on which metric, with the cosine mean and min."""
+    acc = result.accuracy
+    cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
+    guard = result.config.guard
+    if guard is None:
+        return f"no guard: {cosine}, SQNR {acc.sqnr_db:.1f} dB"
+    if guard.metric == "sqnr":
+        return f"guard {guard} held: SQNR {acc.sqnr_db:.1f} dB ({cosine})"
+    return f"guard {guard} held: {cosine}"
