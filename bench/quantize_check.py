@@ -153,9 +153,8 @@ def kernel_note(result) -> str:
 
 
 def render(labels, accuracy, notes, timings, args, isa) -> str:
-    lines = ["## INT8: edgert quantize vs ONNX Runtime and Optimum defaults (issue 3)", "",
-             f"Machine: {machine()}; INT8-relevant instruction sets (edgert.cpu): "
-             f"{', '.join(isa.names) or 'none known'}, so edgert chooses among the `{isa.int8_class}` "
+    lines = ["## INT8: edgert quantize vs ONNX Runtime and Optimum defaults (issues 3 and 8)", "",
+             f"Machine: {machine()}; edgert chooses among the `{isa.int8_class}` "
              f"INT8 kernel configurations. ONNX Runtime CPU, {args.threads} threads, allow_spinning=0, "
              "all models timed interleaved in blocks in one process. Accuracy: cosine of the "
              f"sentence embedding to FP32 over the {sum(1 for _ in HELDOUT.read_text().splitlines() if _.strip())} "

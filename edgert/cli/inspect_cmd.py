@@ -55,6 +55,11 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
     if validation:
         diffs = ", ".join(f"{k} {v:.3g}" for k, v in validation["max_abs_diff"].items())
         console.print(f"validated vs torch: max abs diff {diffs} (atol {validation['atol']:g})")
+    extra = manifest.get("extra") or {}
+    if "optimized_for" in extra:
+        fused = ", ".join(f"{n} {op}" for op, n in (extra.get("fusions") or {}).items() if n)
+        console.print(f"optimized for: {extra['optimized_for'] or 'nothing (portable graph)'}"
+                      + (f", fused {fused}" if fused else ""))
     console.print(f"tokenizer: {'yes' if has_tokenizer else 'no'}"
                   + (f", max_length {manifest['text']['max_length']}" if manifest.get("text") else ""))
     quant = (manifest.get("extra") or {}).get("quantization")
