@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,36 +26,33 @@ def temp_entries(tmpdir: Path) -> list[Path]:
     return [p for p in tmpdir.iterdir() if p.name != ".ses"]  # .ses: numpy's, see test_hostile
 
 
-def started(seconds: float):
-    """A point reached `seconds` after the process started (the first check is the start)."""
-    begin: list[float] = []
-
-    def reached(out: Path, tmp: Path) -> bool:
-        begin.append(time.monotonic())
-        return begin[-1] - begin[0] >= seconds
-    reached.__name__ = f"started_{seconds}s"
+def printed(text: str):
+    """A point reached once the command has printed `text` on stderr (its progress lines)."""
+    def reached(out: Path, tmp: Path, stderr: list[str]) -> bool:
+        return any(text in line for line in stderr)
+    reached.__name__ = f"printed {text!r}"
     return reached
 
 
-def temp_output_exists(out: Path, tmp: Path) -> bool:
+def temp_output_exists(out: Path, tmp: Path, stderr: list[str]) -> bool:
     """export/analyze: the atomic output's temporary file is being written."""
     return any(p.name.startswith(".") and p.name.endswith(".tmp") for p in out.iterdir())
 
 
-def temp_output_written(out: Path, tmp: Path) -> bool:
+def temp_output_written(out: Path, tmp: Path, stderr: list[str]) -> bool:
     """export: the traced graph is in the temporary file (validation comes next)."""
     return any(p.name.endswith(".tmp") and p.stat().st_size > 2**20 for p in out.iterdir())
 
 
 def work_files(count: int):
     """quantize/analyze: at least `count` files in edgert's temporary folder under $TMPDIR."""
-    def reached(out: Path, tmp: Path) -> bool:
+    def reached(out: Path, tmp: Path, stderr: list[str]) -> bool:
         return sum(1 for d in temp_entries(tmp) if d.is_dir() for f in d.rglob("*") if f.is_file()) >= count
     reached.__name__ = f"work_files_{count}"
     return reached
 
 
-def work_dir_exists(out: Path, tmp: Path) -> bool:
+def work_dir_exists(out: Path, tmp: Path, stderr: list[str]) -> bool:
     return any(p.is_dir() and p.name.startswith("edgert-") for p in temp_entries(tmp))
 
 
@@ -85,25 +83,30 @@ class Sandbox:
 
 
 def run_until(args: list[str], point, sig, tmp_path: Path, inputs: list[Path]):
-    """Start `edgert ARGS`, send `sig` once `point(out, tmp)` holds, and check what is left."""
+    """Start `edgert ARGS`, send `sig` once `point(out, tmp, stderr lines)` holds, and check
+    what is left."""
     box = Sandbox(tmp_path, inputs)
     proc = subprocess.Popen(box.argv(args), cwd=box.out, env=box.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 240
-    while not point(box.out, box.tmpdir) and proc.poll() is None and time.monotonic() < deadline:
+    while not point(box.out, box.tmpdir, list(stderr)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"the command ended before {point.__name__}: {proc.communicate()}"
+    assert proc.poll() is None, f"the command ended before {point.__name__}: {''.join(stderr)}"
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    box.check(proc.returncode, stderr, "Error: interrupted; nothing was written")
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    proc.stdout.close()
+    box.check(proc.returncode, "".join(stderr), "Error: interrupted; nothing was written")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("point", [lambda: started(1.5), lambda: temp_output_exists,
-                                   lambda: temp_output_written], ids=["loading", "tracing", "validating"])
+@pytest.mark.parametrize("point", [printed("export: loading model"), temp_output_exists, temp_output_written],
+                         ids=["loading", "tracing", "validating"])
 def test_interrupted_export(tmp_path, sig, point):
-    point = point()  # a fresh clock for started()
     run_until(["export", "minilm", "-o", "{out}/m.onnx", "--json", "{out}/m.json"], point, sig, tmp_path, [CALIB])
 
 
@@ -125,10 +128,11 @@ def test_interrupted_analyze_outliers(minilm_st, tmp_path, sig):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("seconds", [1.5, 8.0], ids=["loading", "scoring"])
-def test_interrupted_analyze_heads(tmp_path, sig, seconds):
+@pytest.mark.parametrize("point", [printed("analyze heads: loading"), printed("scoring on examples: 16/")],
+                         ids=["loading", "scoring"])
+def test_interrupted_analyze_heads(tmp_path, sig, point):
     run_until(["analyze", "heads", "minilm", "--prune", "0.25", "-o", "{out}/plan.json"],
-              started(seconds), sig, tmp_path, [CALIB])
+              point, sig, tmp_path, [CALIB])
 
 
 # ---------------------------------------------------------------------------------------------
