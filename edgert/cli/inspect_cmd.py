@@ -62,24 +62,34 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
                       + (f", fused {fused}" if fused else ""))
     console.print(f"tokenizer: {'yes' if has_tokenizer else 'no'}"
                   + (f", max_length {manifest['text']['max_length']}" if manifest.get("text") else ""))
-    quant = (manifest.get("extra") or {}).get("quantization")
+    quant = extra.get("quantization")
     if quant:
         acc, cfg = quant["accuracy"], quant["config"]
         console.print(f"quantization: {cfg['mode']} int8 {_kernel_words(quant)}({cfg['method']}, "
-                      f"target {cfg['target']}{_isa_words(quant)}), "
-                      f"{len(quant['float_nodes'])} nodes kept in float; cosine to FP32 mean "
-                      f"{acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, SQNR {acc['sqnr_db']:.1f} dB; "
-                      f"{quant['speedup']:.2f}x FP32 at batch {quant['timed_at']['batch']}, "
+                      f"target {cfg['target']}), {len(quant['float_nodes'])} nodes kept in float")
+        if _isa_words(quant):
+            console.print(f"  {_isa_words(quant)}")
+        console.print(f"  cosine to FP32 mean {acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, "
+                      f"SQNR {acc['sqnr_db']:.1f} dB")
+        console.print(f"  {quant['speedup']:.2f}x FP32 at batch {quant['timed_at']['batch']}, "
                       f"seq {quant['timed_at']['seq']}")
+        fused = ", ".join(f"{n} {op}" for op, n in (quant.get("fused") or {}).items() if n)
+        if fused:
+            console.print(f"  fused by quantize: {fused}")
     plan = manifest.get("plan")
     if plan:
         layers = plan["layers"]
-        heads = [len(layer["kept_heads"]) for layer in layers]
-        kv = [layer["num_kv_heads"] for layer in layers]
+        heads = _per_layer([len(layer["kept_heads"]) for layer in layers])
+        kv = _per_layer([layer["num_kv_heads"] for layer in layers])
         softmax = sorted({layer["softmax"]["kind"] for layer in layers})
         windows = sum(c["kind"] == "window" for layer in layers for c in layer["cache"])
         console.print(f"head plan: {len(layers)} layers, query heads {heads}, kv heads {kv}, "
                       f"softmax {'/'.join(softmax)}, streaming kv heads {windows}")
+
+
+def _per_layer(values: list[int]) -> str:
+    """`12 each` when every layer has the same count, else the list."""
+    return f"{values[0]} each" if values and len(set(values)) == 1 else str(values)
 
 
 def _kernel_words(quant: dict) -> str:
@@ -89,9 +99,9 @@ def _kernel_words(quant: dict) -> str:
 
 
 def _isa_words(quant: dict) -> str:
-    """`, chosen for CPU avx2 (no-vnni, overridden)` from a quantization record."""
+    """`kernels chosen for CPU avx2 (no-vnni, overridden)` from a quantization record."""
     isa = quant.get("cpu")
     if not isa or quant["config"]["target"] != "cpu":
         return ""
     names = ", ".join(isa["names"]) or "no known instruction sets"
-    return f", chosen for CPU {names} ({isa['class']}{', overridden' if isa['overridden'] else ''})"
+    return f"kernels chosen for CPU {names} ({isa['class']}{', overridden' if isa['overridden'] else ''})"
