@@ -46,6 +46,14 @@ class DependencyError(EdgertError):
     """An optional dependency needed for this feature is not installed."""
 
 
+def shown_path(path: object) -> str:
+    """A path as one printable line (repr-quoted when it holds control characters)."""
+    import os
+
+    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name if it has none."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgert.errors import ModelLoadError, PlanError, first_line
+from edgert.errors import ModelLoadError, PlanError, first_line, shown_path
 
 MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
 TOKENIZER_KEY = "edgert.tokenizer"  # metadata_props key holding a tokenizers.json string
@@ -51,11 +51,6 @@ def _check_object(value: object, what: str) -> None:
         raise PlanError(f"{what} must be an object, got {_kind(value)}")
 
 
-def _shown(path: object) -> str:
-    text = str(path)
-    return text if text.isprintable() else repr(text)
-
-
 def _plan_path(value: object, what: str) -> Path:
     if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
         raise PlanError(f"{what} must be a str or os.PathLike, got {type(value).__name__}")
@@ -67,12 +62,12 @@ def _plan_path(value: object, what: str) -> Path:
 def _read_text(path: Path, what: str) -> str:
     try:
         if not path.is_file():
-            raise PlanError(f"{what} not found: {_shown(path)}")
+            raise PlanError(f"{what} not found: {shown_path(path)}")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise PlanError(f"{what} {_shown(path)} is not UTF-8 text") from None
+        raise PlanError(f"{what} {shown_path(path)} is not UTF-8 text") from None
     except OSError as exc:
-        raise PlanError(f"cannot read {what} {_shown(path)}: {exc.strerror or exc}") from None
+        raise PlanError(f"cannot read {what} {shown_path(path)}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -305,14 +300,14 @@ class HeadPlan:
         try:
             rows = [[float(v) for v in line.split("\t")] for line in text.splitlines() if line.strip()]
         except ValueError as exc:
-            raise PlanError(f"{_shown(path)}: not a tab-separated table of floats ({exc})") from None
+            raise PlanError(f"{shown_path(path)}: not a tab-separated table of floats ({exc})") from None
         if not rows or len({len(r) for r in rows}) != 1:
-            raise PlanError(f"{_shown(path)}: rows must be non-empty and of equal length")
+            raise PlanError(f"{shown_path(path)}: rows must be non-empty and of equal length")
         if not all(math.isfinite(v) for r in rows for v in r):
-            raise PlanError(f"{_shown(path)}: gates must be finite numbers")
+            raise PlanError(f"{shown_path(path)}: gates must be finite numbers")
         num_kv = len(rows[0])
         if num_heads % num_kv:
-            raise PlanError(f"{_shown(path)}: {num_kv} kv heads do not divide {num_heads} query heads")
+            raise PlanError(f"{shown_path(path)}: {num_kv} kv heads do not divide {num_heads} query heads")
         gates = sorted(v for r in rows for v in r)
         keep = math.ceil(retrieval_fraction * len(gates))
         threshold = gates[len(gates) - keep] if keep else math.inf

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
-from edgert.errors import EdgertError, InputError, ModelLoadError, first_line
+from edgert.errors import EdgertError, InputError, ModelLoadError, first_line, shown_path
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 ORT_DTYPES = {
@@ -190,12 +190,6 @@ def create_ort_session(path: Path, providers: list[str],
 def ort_message(exc: BaseException) -> str:
     """The first line of an ONNX Runtime exception without its `[ONNXRuntimeError] : 2 : CODE :` prefix."""
     return _ORT_STATUS.sub("", first_line(exc))
-
-
-def shown_path(path: object) -> str:
-    """A path as one printable line (repr-quoted when it holds control characters)."""
-    text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-    return text if text.isprintable() else repr(text)
 
 
 def _shown_value(value: object) -> str:

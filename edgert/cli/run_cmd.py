@@ -58,7 +58,7 @@ def command(model: str, texts: tuple[str, ...], inputs_path: str | None, output_
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     from edgert.errors import first_line
-    from edgert.session import shown_path
+    from edgert.errors import shown_path
 
     if not path.is_file():
         raise InputError(f"inputs file not found: {shown_path(path)}")
