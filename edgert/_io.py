@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from edgert.errors import OutputPathError
+from edgert.errors import EdgertError, OutputPathError, first_line
 
 # Temporary files and folders being written right now, so a signal handler can remove them.
 PENDING_OUTPUTS: set[Path] = set()
@@ -27,15 +27,20 @@ WRITTEN_OUTPUTS: list[Path] = []
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def as_path(value: object, what: str = "path") -> Path:
-    """`value` as a Path, or OutputPathError if it is not a str or os.PathLike."""
+def path_argument(value: object, what: str = "path",
+                  error: type[EdgertError] = OutputPathError) -> Path:
+    """`value` as a Path, or `error` naming `what` unless it is a non-empty str or
+    os.PathLike without NUL characters (the checks every path argument of edgert gets)."""
     if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        raise OutputPathError(f"{what} must be a str or path, got {type(value).__name__}")
-    path = Path(value)
+        raise error(f"{what} must be a str or os.PathLike, got {type(value).__name__}")
+    try:
+        path = Path(value)
+    except TypeError as exc:  # a PathLike whose __fspath__ returns bytes
+        raise error(f"{what} must be a str or os.PathLike: {first_line(exc)}") from None
     if not str(value).strip():
-        raise OutputPathError(f"{what} is empty")
+        raise error(f"{what} is empty")
     if "\0" in str(path):
-        raise OutputPathError(f"{what} contains a NUL character")
+        raise error(f"{what} contains a NUL character")
     return path
 
 
@@ -46,7 +51,7 @@ def check_output_path(path: str | os.PathLike, *, inputs: Iterable[object] = ())
     (devices, pipes and pseudo-files are refused rather than replaced); and it must not be
     the same file as any of `inputs` (None entries are ignored).
     """
-    path = as_path(path, "output path")
+    path = path_argument(path, "output path")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(f"output directory does not exist: {parent}")

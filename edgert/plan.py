@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgert._io import path_argument
 from edgert.errors import ModelLoadError, PlanError, first_line, shown_path
 
 MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
@@ -49,14 +49,6 @@ def _check_int_list(value: object, what: str) -> None:
 def _check_object(value: object, what: str) -> None:
     if not isinstance(value, dict):
         raise PlanError(f"{what} must be an object, got {_kind(value)}")
-
-
-def _plan_path(value: object, what: str) -> Path:
-    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        raise PlanError(f"{what} must be a str or os.PathLike, got {type(value).__name__}")
-    if not str(value).strip() or "\0" in str(value):
-        raise PlanError(f"{what} is empty or holds a NUL character")
-    return Path(value)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -281,7 +273,7 @@ class HeadPlan:
     @classmethod
     def load(cls, path: str | Path) -> HeadPlan:
         """Read and check a plan JSON file."""
-        return cls.from_json(_read_text(_plan_path(path, "plan path"), "plan file"))
+        return cls.from_json(_read_text(path_argument(path, "plan path", PlanError), "plan file"))
 
     @classmethod
     def from_duo_attention_tsv(cls, path: str | Path, num_heads: int, *, retrieval_fraction: float,
@@ -289,7 +281,7 @@ class HeadPlan:
         """Load DuoAttention's `full_attention_heads.tsv` (one row per layer, one gate
         per kv head): the `retrieval_fraction` highest gates keep a full cache, the rest
         become streaming heads with `sink` + `recent` tokens."""
-        path = _plan_path(path, "pattern path")
+        path = path_argument(path, "pattern path", PlanError)
         _check_int(num_heads, "num_heads", 1)
         _check_int(sink, "sink", 0)
         _check_int(recent, "recent", 1)

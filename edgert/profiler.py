@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgert._io import path_argument
 from edgert.devices import DEVICES
 from edgert.errors import EdgertError
 from edgert.session import Session, check_threads, session_options
@@ -246,10 +247,7 @@ def _model_paths(paths: object) -> list[str]:
         raise EdgertError("paths must be a list of model paths, not one path; e.g. [path]")
     if not isinstance(paths, Sequence) or not paths:
         raise EdgertError("paths must be a non-empty list of model paths")
-    for path in paths:
-        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
-            raise EdgertError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
-    return [os.fspath(p) for p in paths]
+    return [str(path_argument(p, "a model path", EdgertError)) for p in paths]
 
 
 def disagreement_warning(index: int, result: ModelResult, config: BenchConfig) -> str:

@@ -21,8 +21,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgert._io import path_argument
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
-from edgert.errors import EdgertError, InputError, ModelLoadError, first_line, shown_path
+from edgert.errors import (
+    EdgertError,
+    InputError,
+    ModelLoadError,
+    first_line,
+    shown_path,
+)
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 ORT_DTYPES = {
@@ -154,16 +161,7 @@ def session_options(threads: int | None = None, *, spin: bool = True) -> ort.Ses
 
 def model_path(value: object) -> Path:
     """`value` as the Path of an existing, non-empty regular file, or ModelLoadError."""
-    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        raise ModelLoadError(f"model path must be a str or os.PathLike, got {type(value).__name__}")
-    try:
-        path = Path(value)
-    except TypeError as exc:  # a PathLike whose __fspath__ returns bytes
-        raise ModelLoadError(f"model path must be a str or os.PathLike: {first_line(exc)}") from None
-    if not str(value).strip():
-        raise ModelLoadError("model path is empty")
-    if "\0" in str(path):
-        raise ModelLoadError("model path contains a NUL character")
+    path = path_argument(value, "model path", ModelLoadError)
     try:
         if not path.exists():
             raise ModelLoadError(f"model not found: {shown_path(path)}")
@@ -178,8 +176,8 @@ def model_path(value: object) -> Path:
 
 def create_ort_session(path: Path, providers: list[str],
                        options: ort.SessionOptions) -> ort.InferenceSession:
-    """Create an ONNX Runtime session, turning load failures into ModelLoadError."""
-    path = model_path(path)
+    """Create an ONNX Runtime session for a path model_path() accepted, turning load failures
+    into ModelLoadError."""
     try:
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types here
