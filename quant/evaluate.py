@@ -73,7 +73,9 @@ def speed_check(reference: Session, candidate: Session, *, batch: int = 1, seq: 
 def speed_checks(reference: Session, candidates: Sequence[Session], *, batch: int = 1, seq: int = 128,
                  iters: int = 50, warmup: int = 5) -> list[SpeedCheck]:
     """speed_check for several INT8 candidates at once: FP32 and every candidate timed
-    interleaved in one run, so their speedups share one FP32 timing and compare fairly."""
+    interleaved in one run, so their speedups share one FP32 timing and compare fairly.
+    `seq` is capped at the model's max_length, the longest sequence it takes."""
+    seq = min(seq, reference.max_length or seq)
     feeds = reference.check_inputs(synthesize_inputs(reference, batch=batch, seq=seq))
     runners = [partial(reference.run_unchecked, feeds)]
     runners += [partial(c.run_unchecked, c.check_inputs(feeds)) for c in candidates]

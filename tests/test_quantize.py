@@ -301,3 +301,13 @@ def test_tensorrt_target_refuses_onnx_runtime_only_ops(tmp_path, tiny_calib):
         quantize_model(path, tmp_path / "trt.onnx", QuantConfig(target="tensorrt"), calib=tiny_calib)
     cpu_result = quantize_model(path, tmp_path / "cpu.onnx", QuantConfig(), calib=tiny_calib)
     assert cpu_result.path.exists()
+
+
+def test_speed_check_fits_a_short_max_length(tmp_path):
+    from conftest import make_embedding_model
+
+    model = make_embedding_model(tmp_path / "short.onnx", max_length=16, tokenizer=True)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("hello world\nedge inference a b\n")
+    result = quantize_model(model, tmp_path / "q.onnx", QuantConfig(mode="dynamic"), calib=calib)
+    assert result.speed.seq == 16 and result.speed.speedup > 0
