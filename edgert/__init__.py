@@ -15,6 +15,8 @@ _EXPORTS = {
     "edgert.errors": ["DependencyError", "DeviceUnavailableError", "EdgertError", "InputError",
                       "ModelLoadError", "OutputPathError", "PlanError", "ShapeError", "SourceError",
                       "UnknownModelError", "ValidationError"],
+    "edgert.generator": ["Generator"],
+    "edgert.kv_cache": ["CacheLayout"],
     "edgert.plan": ["CachePolicy", "HeadPlan", "LayerPlan", "Manifest", "Softmax"],
     "edgert.session": ["Session", "TensorSpec", "load"],
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,43 @@ class HeadPlan:
         """Cached (token, kv head) pairs per sequence after `context` tokens, all layers."""
         return sum(p.tokens(context) for layer in self.layers for p in layer.cache)
 
+    def with_windows(self, retrieval: float | int, sink: int, recent: int,
+                     scores: list[list[float]] | None = None) -> HeadPlan:
+        """A copy where `retrieval` kv heads of the whole model keep a full cache and every
+        other kv head keeps `sink` first plus `recent` latest tokens. retrieval: a fraction of
+        all kv heads (float in [0, 1]) or a count (int). Retrieval heads are chosen globally,
+        highest `scores` (per layer, per kv head) first; without scores, kv head 0 of every
+        layer, then kv head 1, and so on (a placeholder order, not a judgement of the heads)."""
+        total = sum(layer.num_kv_heads for layer in self.layers)
+        if isinstance(retrieval, bool) or not isinstance(retrieval, (numbers.Integral, numbers.Real)):
+            raise PlanError(f"retrieval heads must be a fraction or a count, got {_kind(retrieval)}")
+        if isinstance(retrieval, numbers.Integral):
+            count = int(retrieval)
+        elif 0 <= retrieval <= 1:
+            count = round(retrieval * total)
+        else:
+            raise PlanError(f"a retrieval fraction must lie in [0, 1], got {retrieval:g}")
+        if not 0 <= count <= total:
+            raise PlanError(f"the plan asks for {count} retrieval heads; the model has {total} kv heads")
+        window = CachePolicy("window", sink, recent)
+        window.check("window cache")
+        heads = [(layer_index, k) for layer_index, layer in enumerate(self.layers)
+                 for k in range(layer.num_kv_heads)]
+        if scores is None:
+            heads.sort(key=lambda lk: (lk[1], lk[0]))
+        else:
+            heads.sort(key=lambda lk: -scores[lk[0]][lk[1]])
+        full = set(heads[:count])
+        layers = [replace(layer, cache=[CachePolicy() if (i, k) in full else window
+                                        for k in range(layer.num_kv_heads)])
+                  for i, layer in enumerate(self.layers)]
+        return HeadPlan(layers, self.head_dim).check()
+
+    @property
+    def retrieval_heads(self) -> int:
+        """kv heads keeping a full cache, all layers."""
+        return sum(p.kind == "full" for layer in self.layers for p in layer.cache)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, **asdict(self)}
 
@@ -319,7 +356,8 @@ class Manifest:
     inputs maps input names to roles (input_ids, attention_mask, token_type_ids, ...);
     dims maps symbolic dimension names to roles (batch, sequence); validation maps each
     output to its max abs diff against the source model; text holds tokenizer facts
-    (max_length, vocab_size) when a tokenizer travels with the model.
+    (max_length, vocab_size) when a tokenizer travels with the model; decoder holds what a
+    text-generation graph's runtime needs (edgert.generator reads it).
     """
 
     edgert_version: str
@@ -332,6 +370,7 @@ class Manifest:
     text: dict[str, Any] | None = None
     plan: HeadPlan | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    decoder: dict[str, Any] | None = None  # text-generation graphs: cache layout, limits, special tokens
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -371,7 +410,7 @@ class Manifest:
 MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "edgert_version": (str,), "source": (str,), "task": (str,), "opset": (int,),
     "inputs": (dict,), "dims": (dict,), "validation": (dict,), "text": (dict, type(None)),
-    "plan": (dict, type(None)), "extra": (dict,),
+    "plan": (dict, type(None)), "extra": (dict,), "decoder": (dict, type(None)),
 }
 MANIFEST_REQUIRED = ("edgert_version", "source", "task", "opset")
 

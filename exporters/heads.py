@@ -35,6 +35,18 @@ def parse_softmax(text: str) -> Softmax:
     return softmax
 
 
+def parse_retrieval(text: str) -> float | int:
+    """`--retrieval-heads`: a fraction of all kv heads (0.25) or a count (4)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise PlanError(f"--retrieval-heads takes a fraction (0.25) or a count (4), got {text!r}") from None
+
+
 def with_softmax(plan: HeadPlan, softmax: Softmax) -> HeadPlan:
     return HeadPlan([replace(layer, softmax=softmax) for layer in plan.layers], plan.head_dim).check()
 
@@ -83,6 +95,11 @@ class Transform:
     kv_heads: int | None = None
     gqa_method: str = "mean"
     softmax: Softmax | None = None
+    # Decoders: kv heads keeping a full cache (fraction or count, see HeadPlan.with_windows);
+    # the others keep `sink` + `recent` tokens. None keeps the plan's cache policies.
+    retrieval: float | int | None = None
+    sink: int = 64
+    recent: int = 256
 
     def check(self) -> None:
         if self.gqa_method not in GQA_METHODS:
@@ -91,6 +108,10 @@ class Transform:
             raise PlanError(f"--prune must lie in [0, 1) (pruning every head leaves no model), got {self.prune:g}")
         if self.kv_heads is not None and self.kv_heads < 1:
             raise PlanError(f"--kv-heads must be >= 1, got {self.kv_heads}")
+        if self.retrieval is not None:
+            from edgert.plan import CachePolicy
+
+            CachePolicy("window", self.sink, self.recent).check("--sink/--recent")
 
     @property
     def needs_calibration(self) -> bool:
@@ -128,6 +149,8 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
             merges = [svd_merges(layer, shape.num_kv_heads, k, v, rope=shape.rope)
                       for layer, (k, v) in zip(plan.layers, activations)]
     adapt(model, plan, weights=_attentions(originals, plan, shape, merges, gates))
+    if transform.retrieval is not None:
+        plan = plan.with_windows(transform.retrieval, transform.sink, transform.recent)
     return plan
 
 

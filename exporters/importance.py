@@ -79,7 +79,7 @@ def random_scores(plan: HeadPlan, seed: int) -> np.ndarray:
 def encoder_loss(task: str, uses_token_types: bool) -> Loss:
     """projection_loss on the output the export will have (pooled embedding or hidden states)
     of whichever encoder is being scored."""
-    from edgert.models.encoders import EncoderExport
+    from edgert.models.encoder import EncoderExport
 
     def loss(model, feeds, seed):
         return projection_loss(EncoderExport(model, task, uses_token_types=uses_token_types), feeds, seed)
@@ -89,9 +89,7 @@ def encoder_loss(task: str, uses_token_types: bool) -> Loss:
 
 def load_for_heads(source: str, calib, calib_size: int):
     """(transformers model, calibration feeds, loss) for scoring the heads of `source`."""
-    import json
-
-    from edgert.models.adapters import DECODER_FAMILIES
+    from edgert.exporters.families import quiet_libraries, recipe_for
     from edgert.models.zoo import resolve_source
     from edgert.quant.calib import BUNDLED, load_calibration
 
@@ -100,44 +98,14 @@ def load_for_heads(source: str, calib, calib_size: int):
         if model_source.name not in BUNDLED:
             raise EdgertError("scoring heads needs calibration data: give --calib PATH")
         calib = BUNDLED[model_source.name][0]
-    config_path = model_source.directory / "config.json"
-    model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
-    if model_type in DECODER_FAMILIES:
-        model, inputs = _load_decoder(model_source)
+    quiet_libraries()
+    family, recipe = recipe_for(model_source)
+    loaded = recipe.load(model_source)
+    model_shape(loaded.model)  # fails clearly for families without an adapter
+    if family.kind == "decoder":
         loss = next_token_loss
     else:
-        from edgert.exporters.export import TorchInputs, quiet_libraries
-        from edgert.exporters.hf_encoder import load_encoder
-
-        quiet_libraries()
-        encoder = load_encoder(model_source)
-        model = encoder.model
-        inputs = TorchInputs(encoder, model_source.name)
         loss = encoder_loss(model_source.default_task or "feature-extraction",
-                            "token_type_ids" in encoder.input_names)
-    model_shape(model)  # fails clearly for families without an adapter
-    samples = load_calibration(calib, inputs, size=calib_size)
-    return model, samples, loss
-
-
-def _load_decoder(model_source):
-    """A Llama-family causal LM from a local directory, and its calibration inputs."""
-    from types import SimpleNamespace
-
-    from transformers import AutoModelForCausalLM
-
-    from edgert.errors import SourceError, first_line
-    from edgert.exporters.export import TorchInputs
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_source.directory, local_files_only=True,
-                                                     attn_implementation="eager").eval()
-    except Exception as exc:
-        raise SourceError(f"cannot load {model_source.directory}: {first_line(exc)}") from None
-    tokenizer_json = None
-    if (model_source.directory / "tokenizer.json").is_file():
-        tokenizer_json = (model_source.directory / "tokenizer.json").read_text()
-    names = ["input_ids", "attention_mask"]
-    info = SimpleNamespace(input_names=names, tokenizer_json=tokenizer_json,
-                           max_length=model.config.max_position_embeddings)
-    return model, TorchInputs(info, model_source.name)
+                            "token_type_ids" in loaded.input_names)
+    samples = load_calibration(calib, loaded.calibration_inputs(model_source.name), size=calib_size)
+    return loaded.model, samples, loss

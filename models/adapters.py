@@ -17,12 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgert.errors import SourceError
 from edgert.models.attention import HeadAttention
+from edgert.models.families import adaptable_family
 from edgert.plan import HeadPlan
-
-ENCODER_FAMILIES = ("bert", "roberta")
-DECODER_FAMILIES = ("llama", "qwen2", "mistral")
 
 
 @dataclass
@@ -53,15 +50,12 @@ class ModelShape:
 def model_shape(model) -> ModelShape:
     """Attention geometry of a supported transformers model."""
     config = model.config
-    family = config.model_type
-    if family not in ENCODER_FAMILIES + DECODER_FAMILIES:
-        raise SourceError(f"model type {family!r} has no head-aware adapter "
-                          f"(supported: {', '.join(ENCODER_FAMILIES + DECODER_FAMILIES)})")
+    family = adaptable_family(config.model_type)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return ModelShape(family, config.num_hidden_layers, heads,
+    return ModelShape(family.model_type, config.num_hidden_layers, heads,
                       getattr(config, "num_key_value_heads", None) or heads, head_dim,
-                      config.hidden_size, family in DECODER_FAMILIES)
+                      config.hidden_size, family.kind == "decoder")
 
 
 def identity_plan(model) -> HeadPlan:
@@ -77,7 +71,7 @@ def _base(model):
 def attention_slots(model) -> list[tuple[nn.Module, str]]:
     """(parent module, attribute name) of every layer's attention, in layer order."""
     shape = model_shape(model)
-    if shape.family in ENCODER_FAMILIES:
+    if not shape.rope:  # BERT-family encoders
         return [(layer.attention, "self") for layer in _base(model).encoder.layer]
     return [(layer, "self_attn") for layer in _base(model).layers]
 
@@ -131,11 +125,13 @@ class DecoderSelfAttention(nn.Module):
         super().__init__()
         self.attention = attention
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args,
+                edgert_cache=None, **kwargs):
         if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
-            raise NotImplementedError("adapted decoders run without a KV cache; call with use_cache=False")
+            raise NotImplementedError("adapted decoders keep no transformers cache; call with "
+                                      "use_cache=False (models/decoder.py runs them over edgert's cache)")
         mask = additive_mask(attention_mask, hidden_states.dtype)
-        return self.attention(hidden_states, mask, position_embeddings), None
+        return self.attention(hidden_states, mask, position_embeddings, cache=edgert_cache), None
 
 
 def adapt(model, plan: HeadPlan | None = None, *, weights: list[HeadAttention] | None = None):

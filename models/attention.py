@@ -8,6 +8,7 @@ encoders, Llama-family decoders) shares one implementation and one export path.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,6 +21,33 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] over the last dim (the Llama/NeoX RoPE convention)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+@dataclass
+class LayerCache:
+    """One layer's KV cache as one decoding step sees it (gpt-fast's cache object, except that
+    the memory lives in the runtime: the exported graph reads the past as inputs and outputs
+    only the new keys and values, which the runtime writes into its preallocated buffers).
+
+    The layer's kv heads are ordered retrieval first: heads [0, num_retrieval) keep every
+    token, the rest keep a window (sinks plus recent tokens). Biases are additive (0 or a
+    large negative) and shared by all layers:
+    retrieval_bias [B, 1, 1, C] marks filled slots of the retrieval cache [B, r, C, d];
+    streaming_bias [B, 1, S, W] marks, per new token, the streaming slots it may see;
+    causal_bias / window_bias [B, 1, S, S] do the same among the S new tokens.
+    """
+
+    num_retrieval: int
+    causal_bias: torch.Tensor
+    window_bias: torch.Tensor | None = None
+    retrieval_key: torch.Tensor | None = None
+    retrieval_value: torch.Tensor | None = None
+    retrieval_bias: torch.Tensor | None = None
+    streaming_key: torch.Tensor | None = None
+    streaming_value: torch.Tensor | None = None
+    streaming_bias: torch.Tensor | None = None
+    new_key: torch.Tensor | None = None  # set by the attention: [B, kv, S, d], RoPE applied
+    new_value: torch.Tensor | None = None
 
 
 class HeadAttention(nn.Module):
@@ -43,6 +71,7 @@ class HeadAttention(nn.Module):
             self.k_proj = nn.Linear(hidden_size, self.num_kv_heads * head_dim, bias=qkv_bias)
             self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * head_dim, bias=qkv_bias)
             self.o_proj = nn.Linear(self.num_heads * head_dim, hidden_size, bias=o_bias)
+        self.kv_heads = list(plan.kv_heads)  # the kv head each kept query head reads
         self.register_buffer("kv_index", torch.tensor(plan.kv_heads, dtype=torch.long), persistent=False)
         self.shares_kv = list(plan.kv_heads) != list(range(self.num_heads))
         if plan.gated:
@@ -54,9 +83,11 @@ class HeadAttention(nn.Module):
         self.head_mask: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """hidden [B, S, hidden]; attention_mask additive, broadcastable to [B, heads, S, S];
-        rope (cos, sin) [B, S, d] when the family uses RoPE. Returns [B, S, hidden]."""
+        rope (cos, sin) [B, S, d] when the family uses RoPE; cache: attend over a KV cache
+        too (attention_mask is then unused: the cache carries the masks). Returns [B, S, hidden]."""
         batch, seq, _ = hidden.shape
         if self.num_heads == 0:  # every head pruned: the layer adds only the output bias
             out = hidden.new_zeros(batch, seq, self.o_proj.out_features)
@@ -67,16 +98,26 @@ class HeadAttention(nn.Module):
         if self.rope:
             cos, sin = (t.unsqueeze(1) for t in rope)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            cache.new_key, cache.new_value = k, v
+            context = self._attend_cached(q, k, v, cache)
+            return self._output(hidden, context)
         if self.shares_kv:
             k, v = k.index_select(1, self.kv_index), v.index_select(1, self.kv_index)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim**-0.5
         if attention_mask is not None:
             scores = scores + attention_mask
+        probs = self._softmax(scores)
+        return self._output(hidden, torch.matmul(probs, v))
+
+    def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
         if self.softmax_kind == "clipped":
-            probs = clipped_softmax(scores, self.gamma, self.zeta)
-        else:
-            probs = torch.softmax(scores, dim=-1)
-        context = torch.matmul(probs, v)  # [B, kept, S, d]
+            return clipped_softmax(scores, self.gamma, self.zeta)
+        return torch.softmax(scores, dim=-1)
+
+    def _output(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Gate and head-mask the per-head context [B, kept, S, d], then project it."""
+        batch, seq, _ = hidden.shape
         if self.gate_weight is not None:
             heads = hidden.view(batch, seq, -1, self.head_dim)[:, :, self.kept_heads]
             gate = torch.sigmoid((heads * self.gate_weight).sum(-1) + self.gate_bias)  # [B, S, kept]
@@ -84,3 +125,64 @@ class HeadAttention(nn.Module):
         if self.head_mask is not None:
             context = context * self.head_mask.view(1, -1, 1, 1)
         return self.o_proj(context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+    def _attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       cache: LayerCache) -> torch.Tensor:
+        """Attention of the new queries over cache + new keys, retrieval and streaming kv
+        heads separately; returns the context [B, kept, S, d]."""
+        r = cache.num_retrieval
+        split = sum(1 for kv in self.kv_heads if kv < r)  # query heads reading retrieval heads
+        if self.kv_heads != sorted(self.kv_heads):
+            raise ValueError("cached attention needs query heads ordered by kv head (models/decoder.py)")
+        parts = []
+        if split:
+            parts.append(self._attend_part(q[:, :split], self.kv_heads[:split], k[:, :r], v[:, :r],
+                                           cache.retrieval_key, cache.retrieval_value,
+                                           cache.retrieval_bias, cache.causal_bias, past_per_query=False))
+        if split < self.num_heads:
+            parts.append(self._attend_part(q[:, split:], [kv - r for kv in self.kv_heads[split:]], k[:, r:], v[:, r:],
+                                           cache.streaming_key, cache.streaming_value,
+                                           cache.streaming_bias, cache.window_bias, past_per_query=True))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _attend_part(self, q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias,
+                     past_per_query: bool):
+        """Softmax over [past, new] keys of one group of kv heads (past_bias: one row for all
+        queries, or one per query when past_per_query), without concatenating the
+        past with the new keys (that would copy the whole cache every step): the scores are
+        concatenated instead, which are small for one new token.
+
+        Query heads are ordered by the kv head they read; when every kv head serves the same
+        number g of them, the g heads' queries are stacked as g * S rows of one matmul, so each
+        cached key is read once per step, not g times."""
+        batch, heads, seq, d = q.shape
+        kv = k_new.shape[1]
+        group = heads // kv if kv else 0
+        if kv and heads == group * kv and kv_index == [h // group for h in range(heads)]:
+            q = q.reshape(batch, kv, group * seq, d)
+        else:  # uneven groups (a pruned plan): one row block per query head
+            group = 1
+            kv_index = torch.tensor(kv_index, dtype=torch.long)
+            k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
+            if k_past is not None:
+                k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
+            kv = heads
+        scale = d**-0.5
+
+        def biased(scores, bias, per_query: bool):  # [B, kv, g*S, K] + bias [B, 1, S or 1, K]
+            if not per_query:
+                return scores + bias
+            keys = scores.shape[-1]
+            return (scores.view(batch, kv, group, seq, keys) + bias.unsqueeze(2)).view(batch, kv, group * seq, keys)
+
+        scores = [biased(torch.matmul(q, k_new.transpose(2, 3)) * scale, new_bias, True)]
+        if k_past is not None:
+            scores.insert(0, biased(torch.matmul(q, k_past.transpose(2, 3)) * scale, past_bias,
+                                    past_per_query))
+        probs = self._softmax(torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0])
+        if k_past is not None:
+            past = k_past.shape[2]
+            context = torch.matmul(probs[..., :past], v_past) + torch.matmul(probs[..., past:], v_new)
+        else:
+            context = torch.matmul(probs, v_new)
+        return context.view(batch, heads, seq, d)

@@ -118,7 +118,7 @@ def test_source_errors(tmp_path):
     with pytest.raises(SourceError, match="has no config.json"):
         export(str(tmp_path), tmp_path / "m.onnx")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(SourceError, match="not a supported encoder"):
+    with pytest.raises(SourceError, match="model type .gpt2. is not supported"):
         export(str(tmp_path), tmp_path / "m.onnx")
     with pytest.raises(OutputPathError, match="output directory does not exist"):
         export("minilm", tmp_path / "missing" / "m.onnx")

@@ -37,6 +37,14 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="How grouped K/V projections are merged: mean pooling, or SVD of calibration activations.")
 @click.option("--softmax", "softmax_spec", default=None, metavar="standard|clipped:GAMMA,ZETA",
               help="Attention softmax, e.g. clipped:-0.025,1 (exported as the edgert ClippedSoftmax op).")
+@click.option("--retrieval-heads", "retrieval", default=None, metavar="FRACTION|COUNT",
+              help="Decoders: kv heads that keep a full KV cache, as a fraction of all kv heads "
+                   "(0.25) or a count (4), chosen across the whole model; every other kv head "
+                   "keeps --sink + --recent tokens. Default: the plan's cache policies (all full).")
+@click.option("--sink", type=int, default=64, show_default=True,
+              help="Decoders: first tokens a streaming kv head always keeps.")
+@click.option("--recent", type=int, default=256, show_default=True,
+              help="Decoders: latest tokens a streaming kv head keeps.")
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
                    "Default: the built-in model's set.")
@@ -49,8 +57,8 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Also write the export summary (manifest, seconds) as JSON.")
 def command(source: str, output: str, task: str | None, opset: int, atol: float,
             plan_path: str | None, prune: float | None, kv_heads: int | None, gqa_method: str,
-            softmax_spec: str | None, calib: str | None, calib_size: int, optimize: bool,
-            json_path: str | None) -> None:
+            softmax_spec: str | None, retrieval: str | None, sink: int, recent: int,
+            calib: str | None, calib_size: int, optimize: bool, json_path: str | None) -> None:
     """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
     directory) to a validated ONNX graph with dynamic batch and sequence axes, fused for
     ONNX Runtime CPU unless --no-optimize.
@@ -64,12 +72,14 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
 
     check_outputs([output, json_path], inputs=[plan_path, calib])
     transform = None
-    if plan_path or prune is not None or kv_heads is not None or softmax_spec:
-        from edgert.exporters.heads import Transform, parse_softmax
+    if plan_path or prune is not None or kv_heads is not None or softmax_spec or retrieval is not None:
+        from edgert.exporters.heads import Transform, parse_retrieval, parse_softmax
 
         transform = Transform(plan=HeadPlan.load(plan_path) if plan_path else None, prune=prune,
                               kv_heads=kv_heads, gqa_method=gqa_method,
-                              softmax=parse_softmax(softmax_spec) if softmax_spec else None)
+                              softmax=parse_softmax(softmax_spec) if softmax_spec else None,
+                              retrieval=parse_retrieval(retrieval) if retrieval is not None else None,
+                              sink=sink, recent=recent)
         transform.check()
     with show_steps("export", STEPS) as step:
         result = export(source, output, task=task, opset=opset, atol=atol, transform=transform,
@@ -85,6 +95,8 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     plan = result.manifest.plan
     if plan != HeadPlan.full(len(plan.layers), plan.layers[0].num_heads, head_dim=plan.head_dim):
         out.print(plan_table(plan))
+    if result.manifest.decoder:
+        out.print(cache_line(result.manifest.decoder), soft_wrap=True, markup=False, highlight=False)
     for line in optimization_lines(result.manifest.extra):
         out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
@@ -108,6 +120,19 @@ def plan_table(plan) -> Table:
                       softmax, "yes" if layer.gated else "no",
                       ",".join(str(h) for h in range(layer.num_heads) if h not in layer.kept_heads))
     return table
+
+
+def cache_line(decoder: dict) -> str:
+    """The KV cache layout of a decoder export, in one line."""
+    from edgert.kv_cache import CacheLayout
+
+    layout = CacheLayout.from_dict(decoder["cache"])
+    total = sum(layout.retrieval) + sum(layout.streaming)
+    line = (f"KV cache: {sum(layout.retrieval)} of {total} kv heads keep every token "
+            f"(per layer {', '.join(map(str, layout.retrieval))})")
+    if any(layout.streaming):
+        line += f", the others sink {layout.sink} + recent {layout.recent}"
+    return line + f"; max length {decoder['max_length']}"
 
 
 def optimization_lines(extra: dict) -> list[str]:

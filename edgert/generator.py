@@ -1,0 +1,252 @@
+"""Generator: text generation with an edgert decoder graph and its per-head KV cache,
+on numpy + ONNX Runtime only.
+
+The prompt is prefilled in chunks (each chunk attends to the cache and to itself, so memory
+for attention scores stays bounded at long contexts), then tokens are decoded one at a time.
+Caches are allocated once per call, sized for prompt + max_new_tokens (edgert/kv_cache.py
+has the layout and how RoPE positions of kept keys are handled).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from edgert.errors import EdgertError, InputError, ModelLoadError, shown_path
+from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
+from edgert.session import Session
+
+TASK = "text-generation"
+# Prefill chunk: long enough to keep matrix multiplies efficient, short enough that one
+# chunk's attention scores [heads, chunk, context] stay small at 32k contexts.
+PREFILL_CHUNK = 512
+
+
+class Generator:
+    """Generate tokens with a decoder exported by `edgert export`.
+
+    device, threads: as for edgert.load. max_length: the longest prompt + generation this
+    generator allows (default and upper bound: the model's own limit).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 max_length: int | None = None, *, prefill_chunk: int = PREFILL_CHUNK):
+        self.session = Session(path, device=device, threads=threads)
+        manifest = self.session.manifest
+        if manifest is None or manifest.task != TASK or not manifest.decoder:
+            task = manifest.task if manifest else "no edgert manifest"
+            raise ModelLoadError(f"{shown_path(self.session.path)} is not a decoder exported by edgert "
+                                 f"({task}); Generator needs `edgert export` of a Llama, Qwen2 or "
+                                 "Mistral model")
+        decoder = manifest.decoder
+        self.layout = CacheLayout.from_dict(decoder.get("cache"))
+        if self.session.input_names != self.layout.input_names():
+            raise ModelLoadError(f"{shown_path(self.session.path)}: graph inputs do not match its cache layout")
+        self.vocab_size = _positive(decoder.get("vocab_size"), "manifest decoder.vocab_size", ModelLoadError)
+        self.model_max_length = _positive(decoder.get("max_length"), "manifest decoder.max_length", ModelLoadError)
+        self.max_length = self.model_max_length if max_length is None else _positive(max_length, "max_length")
+        if self.max_length > self.model_max_length:
+            raise EdgertError(f"max_length {self.max_length} exceeds the model's limit {self.model_max_length}")
+        self.prefill_chunk = _positive(prefill_chunk, "prefill_chunk")
+        self.eos_token_ids = [int(t) for t in decoder.get("eos_token_ids") or []]
+        self._output_names = self.session.output_names
+        self._cache: KVCache | None = None
+
+    @property
+    def tokenizer(self):
+        """The model's own tokenizer (InputError if none travels with it)."""
+        return self.session.tokenizer
+
+    def cache_bytes(self) -> int:
+        """Exact bytes of KV cache (keys and values) this generator holds now."""
+        return self._cache.nbytes() if self._cache else 0
+
+    def reset(self) -> None:
+        """Drop the KV cache of the last generation (its memory is freed)."""
+        self._cache = None
+
+    def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int, *,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, stop: Iterable[int] | None = None) -> list:
+        """New token ids after `prompt_ids` (the prompt is not repeated): a list of ints for
+        one prompt, a list of such lists for a batch of prompts (left-padded internally).
+
+        temperature 0 is greedy; otherwise logits are divided by it, cut to the top_k
+        tokens and to the smallest set whose probability reaches top_p, and sampled with a
+        generator seeded by `seed`. stop: token ids that end a sequence (included in its
+        output); None means the model's end-of-sequence ids, () means none.
+        """
+        single = _is_single(prompt_ids)
+        outputs: list[list[int]] = []
+        for step in self.stream(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                top_p=top_p, seed=seed, stop=stop):
+            row_tokens = [step] if single else step
+            if not outputs:
+                outputs = [[] for _ in row_tokens]
+            for out, token in zip(outputs, row_tokens):
+                if token is not None:
+                    out.append(token)
+        return outputs[0] if single else outputs
+
+    def stream(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int, *,
+               temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+               seed: int | None = None, stop: Iterable[int] | None = None) -> Iterator:
+        """Like generate, yielding each new token as soon as it exists: an int for one prompt;
+        for a batch, a list with one id per prompt (None for prompts that already stopped)."""
+        single = _is_single(prompt_ids)
+        prompts = self._check_prompts([prompt_ids] if single else prompt_ids)
+        max_new_tokens = _positive(max_new_tokens, "max_new_tokens")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_length:
+            raise InputError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"the limit of {self.max_length} tokens")
+        pick = _sampler(temperature, top_k, top_p, seed)
+        stop_ids = set(self.eos_token_ids if stop is None else _token_list(stop, "stop"))
+        return self._decode(prompts, max_new_tokens, pick, stop_ids, single)
+
+    def next_token_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits [len(continuation) + 1, vocab]: row i is what the model
+        predicts after the prompt and the first i continuation tokens (for comparing two
+        graphs of one model token by token, e.g. FP32 against INT8)."""
+        prompt = self._check_prompts([prompt_ids])[0]
+        continuation = _token_list(continuation, "continuation")
+        if len(prompt) + len(continuation) > self.max_length:
+            raise InputError(f"prompt + continuation ({len(prompt) + len(continuation)} tokens) exceeds "
+                             f"the limit of {self.max_length} tokens")
+        if continuation:
+            self._check_prompts([continuation])  # ids inside the vocabulary
+        self._cache = None
+        self._cache = cache = KVCache(self.layout, 1, len(prompt) + len(continuation))
+        ids = np.asarray([prompt], np.int64)
+        positions = np.arange(len(prompt), dtype=np.int64)[None]
+        rows = [self._prefill(cache, ids, positions, np.ones_like(ids))[0]]
+        for i, token in enumerate(continuation):
+            logits = self._step(cache, np.asarray([[token]], np.int64),
+                                np.asarray([[len(prompt) + i]], np.int64), np.ones((1, 1), np.int64),
+                                compact=False)
+            rows.append(logits[0])
+        return np.stack(rows)
+
+    def _decode(self, prompts: list[list[int]], max_new_tokens: int, pick, stop_ids: set[int],
+                single: bool) -> Iterator:
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.zeros((batch, longest), np.int64)
+        mask = np.zeros((batch, longest), np.int64)
+        for b, prompt in enumerate(prompts):
+            ids[b, longest - len(prompt):] = prompt
+            mask[b, longest - len(prompt):] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        self._cache = None  # free the previous generation's buffers before allocating
+        self._cache = cache = KVCache(self.layout, batch, longest + max_new_tokens)
+        logits = self._prefill(cache, ids, positions, mask)
+        next_position = positions[:, -1] + 1
+        done = np.zeros(batch, bool)
+        ones = np.ones((batch, 1), np.int64)
+        for produced in range(1, max_new_tokens + 1):
+            tokens = pick(logits)
+            shown = [None if d else int(t) for t, d in zip(tokens, done)]
+            yield shown[0] if single else shown
+            done |= np.isin(tokens, list(stop_ids)) if stop_ids else False
+            if produced == max_new_tokens or done.all():
+                return
+            logits = self._step(cache, tokens.reshape(batch, 1).astype(np.int64),
+                                next_position.reshape(batch, 1), ones, compact=False)
+            next_position = next_position + 1
+
+    def _prefill(self, cache: KVCache, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Run the prompt through the graph in chunks; the logits after its last token."""
+        for start in range(0, ids.shape[1], self.prefill_chunk):
+            end = min(start + self.prefill_chunk, ids.shape[1])
+            logits = self._step(cache, ids[:, start:end], positions[:, start:end], mask[:, start:end],
+                                compact=True)
+        return logits
+
+    def _step(self, cache: KVCache, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, *,
+              compact: bool) -> np.ndarray:
+        feeds = {INPUT_IDS: np.ascontiguousarray(ids), POSITION_IDS: np.ascontiguousarray(positions),
+                 ATTENTION_MASK: np.ascontiguousarray(mask), **cache.feeds(compact=compact)}
+        outputs = dict(zip(self._output_names, self.session.run_unchecked(feeds)))
+        cache.append(outputs, positions, mask)
+        return outputs[LOGITS]
+
+    def _check_prompts(self, prompts: object) -> list[list[int]]:
+        if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
+            raise InputError("prompt_ids must be a non-empty list of token ids (or of such lists)")
+        checked = []
+        for prompt in prompts:
+            tokens = _token_list(prompt, "prompt_ids")
+            if not tokens:
+                raise InputError("a prompt must hold at least one token id")
+            bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InputError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+            if len(tokens) > self.max_length:
+                raise InputError(f"prompt has {len(tokens)} tokens; the limit is {self.max_length}")
+            checked.append(tokens)
+        return checked
+
+    def __repr__(self) -> str:
+        return f"Generator({str(self.session.path)!r}, device={self.session.device!r})"
+
+
+def _is_single(prompt_ids: object) -> bool:
+    """One prompt (a flat list of ids) rather than a batch (a list of lists)."""
+    if isinstance(prompt_ids, np.ndarray):
+        return prompt_ids.ndim == 1
+    return isinstance(prompt_ids, Sequence) and not any(
+        isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, (str, bytes)) for p in prompt_ids)
+
+
+def _token_list(value: object, what: str) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Iterable, np.ndarray)):
+        raise InputError(f"{what} must be a list of token ids, got {type(value).__name__}")
+    tokens = list(value)
+    if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in tokens):
+        raise InputError(f"{what} must hold whole numbers only")
+    return [int(t) for t in tokens]
+
+
+def _positive(value: object, what: str, error: type[EdgertError] = InputError) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise error(f"{what} must be a whole number >= 1, got {value!r}"[:120])
+    return int(value)
+
+
+def _sampler(temperature: object, top_k: object, top_p: object, seed: object):
+    """A function logits [B, vocab] -> token ids [B], after checking the sampling options."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}"[:120])
+    if top_k is not None:
+        top_k = _positive(top_k, "top_k")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                              or not 0 < top_p <= 1):
+        raise InputError(f"top_p must lie in (0, 1], got {top_p!r}"[:120])
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InputError(f"seed must be a whole number >= 0, got {seed!r}"[:120])
+    if temperature == 0:
+        return lambda logits: logits.argmax(axis=-1)
+    rng = np.random.default_rng(seed)
+
+    def sample(logits: np.ndarray) -> np.ndarray:
+        scores = logits.astype(np.float64) / temperature
+        if top_k is not None and top_k < scores.shape[-1]:
+            kth = np.partition(scores, -top_k, axis=-1)[:, -top_k:].min(axis=-1, keepdims=True)
+            scores = np.where(scores < kth, -np.inf, scores)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if top_p is not None and top_p < 1:
+            order = np.argsort(-probs, axis=-1)
+            sorted_probs = np.take_along_axis(probs, order, axis=-1)
+            drop = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
+            np.put_along_axis(probs, order, np.where(drop, 0.0, sorted_probs), axis=-1)
+            probs /= probs.sum(axis=-1, keepdims=True)
+        cumulative = np.cumsum(probs, axis=-1)
+        draws = rng.random((probs.shape[0], 1)) * cumulative[:, -1:]
+        return (cumulative < draws).sum(axis=-1).clip(max=probs.shape[-1] - 1)
+
+    return sample

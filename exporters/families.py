@@ -1,0 +1,157 @@
+"""What every family recipe hands the shared export steps, and what the recipes share.
+
+A recipe (exporters/encoder.py, exporters/decoder.py) loads a Hugging Face model, applies the
+head transform, and returns a `Prepared`: the torch module to trace, its input/output names
+and dynamic axes, sample inputs, the manifest and the tokenizer. `export()` then only traces,
+pins, validates and writes. A new family is a new recipe module named in RECIPES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgert.errors import EdgertError, SourceError, first_line
+from edgert.models.families import family_of
+from edgert.models.zoo import ModelSource
+from edgert.plan import Manifest
+from edgert.text import TextTokenizer
+
+Feeds = dict[str, np.ndarray]
+Step = Callable[[str], None]
+
+# Family kind -> the module whose `prepare(source, request, step)` builds its Prepared.
+RECIPES = {"encoder": "edgert.exporters.encoder", "decoder": "edgert.exporters.decoder"}
+
+
+@dataclass
+class ExportRequest:
+    """What the user asked of `edgert export`, beyond source and output."""
+
+    task: str | None = None
+    transform: object = None  # exporters.heads.Transform
+    calib: str | os.PathLike | None = None
+    calib_size: int = 64
+    optimize: bool = True
+
+
+@dataclass
+class Prepared:
+    """A model ready to trace: module(*[trace[n] for n in input_names]) -> output_names."""
+
+    module: object  # torch.nn.Module in eval mode
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]  # input -> {axis: dimension name}
+    trace: Feeds
+    checks: list[Feeds]  # differently shaped inputs to validate the graph on
+    manifest: Manifest
+    tokenizer_json: str | None = None
+    ort_cpu_fusions: bool = False  # whether exporters/optimize.py's fusions apply
+    notes: list[str] = field(default_factory=list)
+
+
+def recipe_for(source: ModelSource):
+    """(Family, recipe module) for a resolved source, from its config.json model_type."""
+    family = family_of(read_config(source.directory).get("model_type"))
+    return family, importlib.import_module(RECIPES[family.kind])
+
+
+def read_config(directory: Path) -> dict:
+    """config.json of a Hugging Face model directory, as a dict."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read {path}: {first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{path} is not a JSON object")
+    return config
+
+
+def read_tokenizer(source: ModelSource) -> tuple[str | None, int | None]:
+    """The fast tokenizer of `source` as tokenizer.json text, and its model_max_length."""
+    from transformers import AutoTokenizer
+
+    # transformers 5 builds an empty-vocabulary tokenizer for a directory with no tokenizer
+    # files at all; such a tokenizer must not travel with the model.
+    if not any((source.directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        warnings.warn(f"{source.directory} has no tokenizer; the export will take token ids only",
+                      stacklevel=2)
+        return None, None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
+    except Exception:
+        warnings.warn(f"{source.directory} has no usable tokenizer; the export will take token ids only",
+                      stacklevel=2)
+        return None, None
+    if not getattr(tokenizer, "is_fast", False):
+        warnings.warn("only fast (tokenizers) tokenizers can travel with the model", stacklevel=2)
+        return None, None
+    model_max = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+    return tokenizer.backend_tokenizer.to_str(), model_max
+
+
+def load_pretrained(auto_class, source: ModelSource):
+    """`auto_class.from_pretrained` offline with eager attention, in eval mode; SourceError on failure."""
+    try:
+        return auto_class.from_pretrained(source.directory, local_files_only=True,
+                                          attn_implementation="eager").eval()
+    except Exception as exc:
+        raise SourceError(f"cannot load weights of {source.directory}: {first_line(exc)}") from None
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' weight-loading bars and torch.onnx's registration warnings."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import torch.onnx  # noqa: F401  (torch sets its loggers' levels when this is imported)
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+class TorchInputs:
+    """What load_calibration needs to know about a model that is not in ONNX yet."""
+
+    def __init__(self, input_names: list[str], name: str, tokenizer_json: str | None, max_length: int):
+        self.input_names = list(input_names)
+        self.path = Path(name)
+        self._tokenizer_json, self._max_length = tokenizer_json, max_length
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if not self._tokenizer_json:
+            raise EdgertError("this model has no tokenizer")
+        return TextTokenizer(self._tokenizer_json, max_length=self._max_length,
+                             input_roles={n: n for n in self.input_names})
+
+    def check_inputs(self, feeds):
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise EdgertError(f"calibration data lacks input {missing[0]!r}")
+        return {n: np.asarray(feeds[n], dtype=np.int64) for n in self.input_names}
+
+
+def calibration_samples(inputs: TorchInputs, source: ModelSource, calib, calib_size: int,
+                        step: Step) -> list[Feeds]:
+    """Calibration feeds for a head transform: `calib`, else the built-in model's set
+    (none: an empty list, and the transform says what it is missing)."""
+    from edgert.quant.calib import BUNDLED, load_calibration
+
+    calib = calib or BUNDLED.get(source.name, (None,))[0]
+    if calib is None:
+        return []
+    step("calibration")
+    return load_calibration(calib, inputs, size=calib_size)
