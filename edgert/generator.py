@@ -16,9 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgert.errors import EdgertError, InputError, ModelLoadError, shown_path
+from edgert.errors import EdgertError, InputError, ModelLoadError, first_line, shown_path
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
-from edgert.session import Session
+from edgert.plan import TOKENIZER_KEY
+from edgert.session import Session, available_memory_bytes
+from edgert.text import generation_tokenizer
 
 TASK = "text-generation"
 # Prefill chunk: long enough to keep matrix multiplies efficient, short enough that one
@@ -55,11 +57,34 @@ class Generator:
         self.eos_token_ids = [int(t) for t in decoder.get("eos_token_ids") or []]
         self._output_names = self.session.output_names
         self._cache: KVCache | None = None
+        self._tokenizer = None
 
     @property
-    def tokenizer(self):
-        """The model's own tokenizer (InputError if none travels with it)."""
-        return self.session.tokenizer
+    def has_tokenizer(self) -> bool:
+        return TOKENIZER_KEY in self.session.metadata
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` by the model's own tokenizer (never truncated)."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        try:
+            return self._codec().encode(text).ids
+        except EdgertError:
+            raise
+        except Exception as exc:  # e.g. lone surrogates the Rust side cannot encode
+            raise InputError(f"cannot tokenize the text: {first_line(exc)}") from None
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of `token_ids` by the model's own tokenizer."""
+        return self._codec().decode(_token_list(token_ids, "token_ids"), skip_special_tokens=skip_special_tokens)
+
+    def _codec(self):
+        if self._tokenizer is None:
+            if not self.has_tokenizer:
+                raise InputError(f"{shown_path(self.session.path.name)} carries no tokenizer; "
+                                 "give token ids instead")
+            self._tokenizer = generation_tokenizer(self.session.metadata[TOKENIZER_KEY])
+        return self._tokenizer
 
     def cache_bytes(self) -> int:
         """Exact bytes of KV cache (keys and values) this generator holds now."""
@@ -102,8 +127,9 @@ class Generator:
         max_new_tokens = _positive(max_new_tokens, "max_new_tokens")
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.max_length:
-            raise InputError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+            raise InputError(f"prompt ({_tokens(longest)}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"the limit of {self.max_length} tokens")
+        self._check_memory(len(prompts), longest + max_new_tokens)
         pick = _sampler(temperature, top_k, top_p, seed)
         stop_ids = set(self.eos_token_ids if stop is None else _token_list(stop, "stop"))
         return self._decode(prompts, max_new_tokens, pick, stop_ids, single)
@@ -173,6 +199,14 @@ class Generator:
         cache.append(outputs, positions, mask)
         return outputs[LOGITS]
 
+    def _check_memory(self, batch: int, capacity: int) -> None:
+        """Refuse a cache that cannot fit in the memory available now (it is allocated up front)."""
+        needed = self.layout.cache_bytes(batch, capacity)
+        available = available_memory_bytes()
+        if available is not None and needed > available:
+            raise InputError(f"the KV cache for {batch} x {capacity} tokens needs {needed / 2**30:.1f} GiB; "
+                             f"{available / 2**30:.1f} GiB of memory is available")
+
     def _check_prompts(self, prompts: object) -> list[list[int]]:
         if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:
             raise InputError("prompt_ids must be a non-empty list of token ids (or of such lists)")
@@ -191,6 +225,10 @@ class Generator:
 
     def __repr__(self) -> str:
         return f"Generator({str(self.session.path)!r}, device={self.session.device!r})"
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token" + ("" if count == 1 else "s")
 
 
 def _is_single(prompt_ids: object) -> bool:

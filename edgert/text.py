@@ -67,3 +67,19 @@ def _text_list(texts: object) -> list[str]:
         if not isinstance(text, str):
             raise InputError(f"text {index} is {type(text).__name__}, not str")
     return list(texts)
+
+
+def generation_tokenizer(tokenizer_json: str):
+    """The model's `tokenizers.Tokenizer` set to neither truncate nor pad: a generation prompt
+    longer than the model's limit must be refused, not silently cut."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise DependencyError("tokenizing text needs the `tokenizers` package: pip install 'edgert[text]'") from None
+    try:
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+    except Exception as exc:  # tokenizers raises its own Exception type for bad JSON
+        raise ModelLoadError(f"the model's tokenizer cannot be read: {first_line(exc)}") from None
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer

@@ -38,13 +38,17 @@ def parse_softmax(text: str) -> Softmax:
 def parse_retrieval(text: str) -> float | int:
     """`--retrieval-heads`: a fraction of all kv heads (0.25) or a count (4)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise PlanError(f"--retrieval-heads takes a fraction (0.25) or a count (4), got {text!r}") from None
+        try:
+            value = float(text)
+        except ValueError:
+            raise PlanError(f"--retrieval-heads takes a fraction (0.25) or a count (4), got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise PlanError(f"a --retrieval-heads fraction must lie in [0, 1], got {text}")
+    if value < 0:
+        raise PlanError(f"--retrieval-heads must be >= 0, got {text}")
+    return value
 
 
 def with_softmax(plan: HeadPlan, softmax: Softmax) -> HeadPlan:

@@ -13,9 +13,11 @@ from edgert.session import Session
 
 def max_abs_diffs(session: Session, module: torch.nn.Module, input_names: Sequence[str],
                   output_names: Sequence[str], samples: Sequence[dict[str, np.ndarray]]
-                  ) -> dict[str, float]:
-    """Largest |onnx - torch| per output over all `samples`."""
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Largest |onnx - torch| per output over all `samples`, and largest |torch| per output
+    (the scale a relative tolerance applies to)."""
     diffs = {name: 0.0 for name in output_names}
+    scales = {name: 0.0 for name in output_names}
     for feeds in samples:
         got = session.run(feeds)
         with torch.no_grad():
@@ -24,14 +26,20 @@ def max_abs_diffs(session: Session, module: torch.nn.Module, input_names: Sequen
         for name, reference in zip(output_names, want):
             diff = float(np.abs(got[name].astype(np.float64) - reference.numpy()).max())
             diffs[name] = max(diffs[name], diff)
-    return diffs
+            scales[name] = max(scales[name], float(np.abs(reference.numpy()).max(initial=0.0)))
+    return diffs, scales
 
 
-def check_diffs(diffs: dict[str, float], atol: float, *, hint: str | None = None) -> None:
-    """Raise ValidationError if any output differs by more than `atol`; `hint` (what the
-    user can try) ends the message."""
-    bad = {name: d for name, d in diffs.items() if not d <= atol}  # `not <=` also catches NaN
+def check_diffs(diffs: dict[str, float], atol: float, *, rtol: float = 0.0,
+                scales: dict[str, float] | None = None, hint: str | None = None) -> None:
+    """Raise ValidationError if any output differs by more than atol + rtol x its largest
+    magnitude (float32 rounding grows with the values: a decoder's logits reach the hundreds);
+    `hint` (what the user can try) ends the message."""
+    scales = scales or {}
+    limits = {name: atol + rtol * scales.get(name, 0.0) for name in diffs}
+    bad = {name: d for name, d in diffs.items() if not d <= limits[name]}  # `not <=` also catches NaN
     if bad:
-        detail = ", ".join(f"{n} {d:.3g}" for n, d in bad.items())
-        raise ValidationError(f"export differs from torch beyond atol {atol:g}: {detail}; "
+        detail = ", ".join(f"{n} {d:.3g}" + (f" (limit {limits[n]:.3g})" if rtol else "") for n, d in bad.items())
+        tolerance = f"atol {atol:g}" + (f" + rtol {rtol:g} x |output|" if rtol else "")
+        raise ValidationError(f"export differs from torch beyond {tolerance}: {detail}; "
                               "no model written" + (f" ({hint})" if hint else ""))

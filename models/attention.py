@@ -147,14 +147,18 @@ class HeadAttention(nn.Module):
 
     def _attend_part(self, q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias,
                      past_per_query: bool):
-        """Softmax over [past, new] keys of one group of kv heads (past_bias: one row for all
-        queries, or one per query when past_per_query), without concatenating the
-        past with the new keys (that would copy the whole cache every step): the scores are
-        concatenated instead, which are small for one new token.
+        """Softmax over [past, new] keys of one group of kv heads; past_bias has one row for
+        all queries, or one per query when past_per_query. Returns [B, heads, S, d].
 
         Query heads are ordered by the kv head they read; when every kv head serves the same
         number g of them, the g heads' queries are stacked as g * S rows of one matmul, so each
-        cached key is read once per step, not g times."""
+        cached key is read once per step, not g times.
+
+        Two ways to the same result, chosen by the number of new tokens (an ONNX If in the
+        graph): one token concatenates the scores of past and new keys, which are small,
+        because concatenating the keys would copy the whole cache every step; a prefill chunk
+        concatenates the keys instead, which are small next to its [g*S, past] scores, so the
+        big score matrix is written once and read by one softmax (measured in the README)."""
         batch, heads, seq, d = q.shape
         kv = k_new.shape[1]
         group = heads // kv if kv else 0
@@ -164,25 +168,29 @@ class HeadAttention(nn.Module):
             group = 1
             kv_index = torch.tensor(kv_index, dtype=torch.long)
             k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
-            if k_past is not None:
-                k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
-            kv = heads
-        scale = d**-0.5
+            k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
+        q = q * d**-0.5
+        softmax = self._softmax
 
-        def biased(scores, bias, per_query: bool):  # [B, kv, g*S, K] + bias [B, 1, S or 1, K]
-            if not per_query:
-                return scores + bias
-            keys = scores.shape[-1]
-            return (scores.view(batch, kv, group, seq, keys) + bias.unsqueeze(2)).view(batch, kv, group * seq, keys)
+        def biased(scores, bias):  # [B, kv, g*S, K] + bias [B, 1, S, K], one bias row per query
+            b, k, rows, keys = scores.shape
+            s = bias.shape[2]
+            return (scores.view(b, k, rows // s, s, keys) + bias.unsqueeze(2)).view(b, k, rows, keys)
 
-        scores = [biased(torch.matmul(q, k_new.transpose(2, 3)) * scale, new_bias, True)]
-        if k_past is not None:
-            scores.insert(0, biased(torch.matmul(q, k_past.transpose(2, 3)) * scale, past_bias,
-                                    past_per_query))
-        probs = self._softmax(torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0])
-        if k_past is not None:
-            past = k_past.shape[2]
-            context = torch.matmul(probs[..., :past], v_past) + torch.matmul(probs[..., past:], v_new)
-        else:
-            context = torch.matmul(probs, v_new)
+        def one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+            past = torch.matmul(q, k_past.transpose(2, 3))
+            past = biased(past, past_bias) if past_per_query else past + past_bias
+            probs = softmax(torch.cat([past, biased(torch.matmul(q, k_new.transpose(2, 3)), new_bias)], dim=-1))
+            split = k_past.shape[2]
+            return torch.matmul(probs[..., :split], v_past) + torch.matmul(probs[..., split:], v_new)
+
+        def chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+            keys, values = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
+            if not past_per_query:
+                past_bias = past_bias.expand(-1, -1, new_bias.shape[2], -1)
+            scores = biased(torch.matmul(q, keys.transpose(2, 3)), torch.cat([past_bias, new_bias], dim=-1))
+            return torch.matmul(softmax(scores), values)
+
+        context = torch.cond(k_new.shape[2] == 1, one_token, chunk,
+                             (q, k_new, v_new, k_past, v_past, past_bias, new_bias))
         return context.view(batch, heads, seq, d)

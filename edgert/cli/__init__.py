@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("edgert.cli.export_cmd", "Export a model to a validated ONNX graph."),
     "quantize": ("edgert.cli.quantize_cmd", "Quantize a model to INT8 with an accuracy guard."),
     "run": ("edgert.cli.run_cmd", "Run a model on text or .npz inputs."),
+    "generate": ("edgert.cli.generate_cmd", "Generate tokens with an exported decoder (KV cache)."),
     "bench": ("edgert.cli.bench_cmd", "Profile latency, throughput and memory of models side by side."),
     "inspect": ("edgert.cli.inspect_cmd", "Show a model's signature, ops, parameters and manifest."),
     "analyze": ("edgert.cli.analyze_cmd", "Analyze activations (outliers) before quantizing."),

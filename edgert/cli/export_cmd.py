@@ -8,7 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, TASKS
+from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, TASKS
+from edgert.errors import PlanError
 from edgert.plan import HeadPlan
 
 STEPS = {"load": "loading model", "calibration": "reading calibration data",
@@ -25,7 +26,9 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Graph outputs. Default: the built-in model's task, else feature-extraction.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
-              help="Fail if any output differs from torch by more than this.")
+              help="Fail if any output differs from torch by more than atol + rtol x its largest magnitude.")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
+              help="Relative part of that tolerance.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A HeadPlan JSON (from `edgert analyze heads` or written by hand).")
 @click.option("--prune", type=float, default=None, metavar="FRACTION",
@@ -41,10 +44,12 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Decoders: kv heads that keep a full KV cache, as a fraction of all kv heads "
                    "(0.25) or a count (4), chosen across the whole model; every other kv head "
                    "keeps --sink + --recent tokens. Default: the plan's cache policies (all full).")
-@click.option("--sink", type=int, default=64, show_default=True,
-              help="Decoders: first tokens a streaming kv head always keeps.")
-@click.option("--recent", type=int, default=256, show_default=True,
-              help="Decoders: latest tokens a streaming kv head keeps.")
+@click.option("--sink", type=int, default=None,
+              help="Decoders, with --retrieval-heads: first tokens a streaming kv head always keeps "
+                   "[default: 64].")
+@click.option("--recent", type=int, default=None,
+              help="Decoders, with --retrieval-heads: latest tokens a streaming kv head keeps "
+                   "[default: 256].")
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
                    "Default: the built-in model's set.")
@@ -55,9 +60,9 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
                    "(and edgert ops) for TensorRT and other runtimes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the export summary (manifest, seconds) as JSON.")
-def command(source: str, output: str, task: str | None, opset: int, atol: float,
+def command(source: str, output: str, task: str | None, opset: int, atol: float, rtol: float,
             plan_path: str | None, prune: float | None, kv_heads: int | None, gqa_method: str,
-            softmax_spec: str | None, retrieval: str | None, sink: int, recent: int,
+            softmax_spec: str | None, retrieval: str | None, sink: int | None, recent: int | None,
             calib: str | None, calib_size: int, optimize: bool, json_path: str | None) -> None:
     """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
     directory) to a validated ONNX graph with dynamic batch and sequence axes, fused for
@@ -71,6 +76,9 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     from edgert.exporters.export import export
 
     check_outputs([output, json_path], inputs=[plan_path, calib])
+    if retrieval is None and (sink is not None or recent is not None):
+        raise PlanError("--sink and --recent shape the streaming heads of --retrieval-heads; "
+                        "give --retrieval-heads too")
     transform = None
     if plan_path or prune is not None or kv_heads is not None or softmax_spec or retrieval is not None:
         from edgert.exporters.heads import Transform, parse_retrieval, parse_softmax
@@ -79,17 +87,20 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
                               kv_heads=kv_heads, gqa_method=gqa_method,
                               softmax=parse_softmax(softmax_spec) if softmax_spec else None,
                               retrieval=parse_retrieval(retrieval) if retrieval is not None else None,
-                              sink=sink, recent=recent)
+                              **{k: v for k, v in (("sink", sink), ("recent", recent)) if v is not None})
         transform.check()
     with show_steps("export", STEPS) as step:
-        result = export(source, output, task=task, opset=opset, atol=atol, transform=transform,
+        result = export(source, output, task=task, opset=opset, atol=atol, rtol=rtol, transform=transform,
                         calib=calib, calib_size=calib_size, optimize=optimize, on_step=step)
     table = Table(title="validation against torch")
     table.add_column("output")
     table.add_column("max abs diff", justify="right")
-    table.add_column("atol", justify="right")
+    table.add_column("max |torch|", justify="right")
+    table.add_column("limit", justify="right")
+    scales = result.manifest.validation.get("max_abs_reference", {})
     for name, diff in result.diffs.items():
-        table.add_row(name, f"{diff:.3g}", f"{atol:g}")
+        scale = scales.get(name, 0.0)
+        table.add_row(name, f"{diff:.3g}", f"{scale:.3g}", f"{atol + rtol * scale:.3g}")
     out = Console()
     out.print(table)
     plan = result.manifest.plan

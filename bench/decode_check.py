@@ -1,0 +1,280 @@
+"""Decode check: edgert's per-head KV cache decoding against ONNX Runtime GenAI and
+transformers (with its KV cache), on one random-init Llama-style reference model (hidden 512,
+8 layers, 8 query / 2 kv heads, head dim 64, FFN 1408, vocab 32000, fp32).
+
+    .venv/bin/python bench/decode_check.py [--contexts 1024 4096 16384 32768] [--new-tokens 32]
+                                           [--threads 2] [--stream-tokens 10000] [--no-write]
+
+Every measurement runs in a fresh process (so peak RSS is its own), variants alternate within
+each context, and all runtimes get the same prompt (random ids, fixed seed). edgert variants:
+every head full; 25% and 50% retrieval heads (the rest sink 64 + recent 256); dynamic INT8 of
+the full model. Peers: GenAI fp32 and int4 (built by its model builder from the same weights;
+bench/decode_peers.py) and transformers (sdpa). Then a streaming-only model generates
+--stream-tokens tokens to show its memory stays flat. Writes its section of bench/RESULTS.md,
+the raw results to bench/_work/decode/results.json and a plot to bench/decode_check.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work" / "decode"
+PLOT = HERE / "decode_check.png"
+SINK, RECENT = 64, 256
+EDGERT_VARIANTS = {  # label -> (retrieval heads, int8)
+    "edgert full": (None, False),
+    "edgert 25% retrieval": (0.25, False),
+    "edgert 50% retrieval": (0.5, False),
+    "edgert full INT8": (None, True),
+}
+PEERS = ("ort-genai-fp32", "ort-genai-int4", "transformers")
+
+
+def build_edgert_models(model_dir: Path, console) -> dict[str, Path]:
+    """Export (and quantize) each edgert variant once; cached under bench/_work/decode."""
+    from edgert.exporters import export
+    from edgert.exporters.heads import Transform
+
+    paths = {}
+    for label, (retrieval, int8) in EDGERT_VARIANTS.items():
+        name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
+        fp32 = WORK / f"edgert-{name}.onnx"
+        if not fp32.exists():
+            console.print(f"exporting {label} …")
+            transform = None if retrieval is None else Transform(retrieval=retrieval, sink=SINK, recent=RECENT)
+            export(str(model_dir), fp32, transform=transform)
+        paths[label] = fp32
+        if int8:
+            quantized = WORK / f"edgert-{name}-int8.onnx"
+            if not quantized.exists():
+                from edgert.quant.quantize import QuantConfig, quantize_model
+
+                console.print(f"quantizing {label} …")
+                quantize_model(fp32, quantized, QuantConfig(mode="dynamic"), threads=2)
+            paths[label] = quantized
+    streaming = WORK / "edgert-streaming.onnx"
+    if not streaming.exists():
+        console.print("exporting the streaming-only model …")
+        export(str(model_dir), streaming, transform=Transform(retrieval=0, sink=SINK, recent=RECENT))
+    paths["streaming"] = streaming
+    return paths
+
+
+def measure_edgert(label: str, path: Path, prompt: list[int], new_tokens: int, threads: int) -> dict:
+    """One edgert measurement in a fresh process."""
+    job = {"mode": "decode", "label": label, "model": str(path), "prompt": prompt,
+           "new_tokens": new_tokens, "threads": threads}
+    return _run_child(job)
+
+
+def measure_streaming_memory(path: Path, tokens: int, threads: int) -> dict:
+    """RSS while a streaming-only model generates `tokens` tokens, in a fresh process."""
+    return _run_child({"mode": "stream", "model": str(path), "tokens": tokens, "threads": threads})
+
+
+def _run_child(job: dict) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child"],
+                            input=json.dumps(job), capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"edgert child failed: {result.stderr.strip().splitlines()[-3:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _child() -> None:
+    import numpy as np
+
+    import edgert
+
+    job = json.loads(sys.stdin.read())
+    start = time.perf_counter()
+    generator = edgert.Generator(job["model"], threads=job["threads"])
+    load_s = time.perf_counter() - start
+    generator.generate([3, 4, 5, 6, 7, 8, 9, 10], 2, stop=())  # warm-up
+    if job["mode"] == "stream":
+        rss, kv = [], []
+        for i, _ in enumerate(generator.stream([3] * 64, job["tokens"], stop=())):
+            if i % 250 == 0 or i == job["tokens"] - 1:
+                rss.append((i, _proc_status_bytes("VmRSS:")))
+                kv.append(generator.cache_bytes())
+        print(json.dumps({"rss": rss, "kv_bytes": kv}))
+        return
+    times, tokens = [], []
+    start = time.perf_counter()
+    for token in generator.stream(job["prompt"], job["new_tokens"], stop=()):
+        times.append(time.perf_counter())
+        tokens.append(token)
+    print(json.dumps({"peer": job["label"], "context": len(job["prompt"]), "new_tokens": job["new_tokens"],
+                      "prefill_s": times[0] - start, "decode_ms": list(np.diff(times) * 1e3),
+                      "kv_bytes": generator.cache_bytes(), "peak_rss_bytes": _proc_status_bytes("VmHWM:"),
+                      "tokens": tokens, "load_s": load_s}))
+
+
+# ---------------------------------------------------------------- report
+
+def _p50(result: dict) -> float:
+    import numpy as np
+
+    return float(np.median(result["decode_ms"]))
+
+
+def _first_difference(tokens: list[int], reference: list[int] | None) -> str:
+    if reference is None:
+        return "-"
+    first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+    return "yes" if first is None else f"no (from token {first})"
+
+
+def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tuple[str, list[str]]:
+    """Markdown table + target lines."""
+    by = {(r["peer"], r["context"]): r for r in results}
+    lines = ["| context | runtime | prefill s | decode ms/token p50 | KV MiB | peak RSS MiB | tokens = transformers' |",
+             "|---|---|---|---|---|---|---|"]
+    for context in contexts:
+        reference = by.get(("transformers", context), {}).get("tokens")
+        for label in [*EDGERT_VARIANTS, *PEERS]:
+            r = by.get((label, context))
+            if r is None:
+                continue
+            lines.append(f"| {context} | {label} | {r['prefill_s']:.2f} | {_p50(r):.2f} | "
+                         f"{r['kv_bytes'] / 2**20:.1f} | {r['peak_rss_bytes'] / 2**20:.0f} | "
+                         f"{_first_difference(r['tokens'], reference) if label != 'transformers' else '-'} |")
+    targets = []
+    for context in contexts:
+        full, genai = by.get(("edgert full", context)), by.get(("ort-genai-fp32", context))
+        if full and genai:
+            targets.append(f"- {context}: edgert full vs GenAI fp32: prefill {genai['prefill_s'] / full['prefill_s']:.2f}x, "
+                           f"per-token {_p50(genai) / _p50(full):.2f}x (above 1 = edgert faster)")
+        quarter = by.get(("edgert 25% retrieval", context))
+        if full and quarter:
+            targets.append(f"- {context}: 25% retrieval vs full: KV {100 * (1 - quarter['kv_bytes'] / full['kv_bytes']):.0f}% "
+                           f"smaller, per-token {_p50(full) / _p50(quarter):.2f}x faster"
+                           + (f" ({_p50(genai) / _p50(quarter):.2f}x GenAI fp32)" if genai else ""))
+        int8, int4 = by.get(("edgert full INT8", context)), by.get(("ort-genai-int4", context))
+        if int8 and full:
+            targets.append(f"- {context}: edgert INT8 per-token {_p50(full) / _p50(int8):.2f}x edgert fp32"
+                           + (f", {_p50(int4) / _p50(int8):.2f}x GenAI int4 (above 1 = edgert INT8 faster)" if int4 else ""))
+    if stream:
+        rss = stream["rss"]
+        warm = [b for i, b in rss if i >= 1000]
+        if warm:
+            spread = (max(warm) - min(warm)) / warm[0] * 100
+            targets.append(f"- streaming-only, {rss[-1][0] + 1} tokens: RSS after 1000 tokens ranges "
+                           f"{min(warm) / 2**20:.1f}-{max(warm) / 2**20:.1f} MiB ({spread:.2f}% spread); "
+                           f"KV bytes {min(stream['kv_bytes'])}-{max(stream['kv_bytes'])}")
+    return "\n".join(lines), targets
+
+
+def plot(results: list[dict], contexts: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (kv_axis, latency_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label in [*EDGERT_VARIANTS, *PEERS]:
+        points = sorted((r["context"], r) for r in results if r["peer"] == label)
+        if not points:
+            continue
+        xs = [c for c, _ in points]
+        style = "-o" if label.startswith("edgert") else "--s"
+        kv_axis.plot(xs, [r["kv_bytes"] / 2**20 for _, r in points], style, label=label)
+        latency_axis.plot(xs, [_p50(r) for _, r in points], style, label=label)
+    for axis, title in ((kv_axis, "KV cache (MiB)"), (latency_axis, "decode latency per token, p50 (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(contexts, [f"{c // 1024}k" for c in contexts])
+        axis.set_xlabel("context (tokens)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    kv_axis.set_yscale("log")
+    latency_axis.legend(fontsize=7)
+    figure.suptitle("Llama-style 55M reference model, fp32 unless named, 2 threads")
+    figure.tight_layout()
+    tmp = PLOT.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    os.replace(tmp, PLOT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stream-tokens", type=int, default=10_000)
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(HERE))
+    from decode_model import reference_model_dir
+    from decode_peers import PeerError, measure_peer, prompt_ids
+    from results import machine, write_section
+    from rich.console import Console
+
+    console = Console()
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir = reference_model_dir(WORK / "models")
+    paths = build_edgert_models(model_dir, console)
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    results = []
+    runners = [*EDGERT_VARIANTS, *args.peers]
+    for context in args.contexts:
+        prompt = prompt_ids(context, vocab)
+        # Rotate the order per context so no runtime always runs first or last.
+        shift = args.contexts.index(context) % len(runners)
+        for label in runners[shift:] + runners[:shift]:
+            console.print(f"context {context}: {label} …")
+            try:
+                if label in EDGERT_VARIANTS:
+                    r = measure_edgert(label, paths[label], prompt, args.new_tokens, args.threads)
+                else:
+                    r = measure_peer(label, model_dir, context, args.new_tokens, args.threads)
+                    r["peer"] = label
+            except (PeerError, RuntimeError, ValueError) as exc:
+                console.print(f"[red]{label} at {context} failed:[/] {exc}")
+                continue
+            console.print(f"  prefill {r['prefill_s']:.2f} s, per-token p50 {_p50(r):.2f} ms, "
+                          f"KV {r['kv_bytes'] / 2**20:.1f} MiB, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
+            results.append(r)
+    stream = None
+    if args.stream_tokens:
+        console.print(f"streaming-only model, {args.stream_tokens} tokens …")
+        stream = measure_streaming_memory(paths["streaming"], args.stream_tokens, args.threads)
+    (WORK / "results.json").write_text(json.dumps({"results": results, "stream": stream}))
+    table, targets = report(results, stream, args.contexts)
+    console.print(table)
+    console.print("\n".join(targets))
+    if args.no_write:
+        return 0
+    plot(results, args.contexts)
+    body = (f"### Decoding with a per-head KV cache\n\n{machine()}; {args.threads} threads; "
+            f"{args.new_tokens} new tokens per run (greedy); prefill = time to the first token. "
+            f"Headwise variants keep sink {SINK} + recent {RECENT} tokens in their streaming heads. "
+            "Each row is one fresh process; runtimes alternate within each context.\n\n"
+            f"{table}\n\n" + "\n".join(targets) +
+            f"\n\n![KV bytes and per-token latency against context](decode_check.png)\n\n"
+            f"Command: `.venv/bin/python bench/decode_check.py --contexts {' '.join(map(str, args.contexts))} "
+            f"--new-tokens {args.new_tokens} --threads {args.threads} --stream-tokens {args.stream_tokens}`")
+    write_section("decode_check", body)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--child"]:
+        _child()
+    else:
+        sys.exit(main())

@@ -1,0 +1,394 @@
+"""`edgert generate`, `edgert bench --decode` and edgert.profiler.profile_decode on tiny random
+Llama decoders (exported once per module), and every bad input of issue 9 ending in one
+`Error:` line with exit code 2."""
+
+import json
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgert import CacheLayout, EdgertError, Generator
+from edgert.cli import cli
+from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
+
+from conftest import make_embedding_model, run_cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+PROMPT = [5, 6, 7]
+SUMMARY = re.compile(r"prompt (\d+) tokens, (\d+) new(?: \(stopped at id \d+\))?; first token [\d.]+ ms"
+                     r"(?:, then [\d.]+ tokens/s)?; KV cache (.+)")
+# The tiny tokenizer: <unk>, <s>, </s> then one word per id ("w3" ... "w127"); <s> starts every text.
+WORDS = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
+
+
+def save_tiny_llama(directory, *, tokenizer: bool) -> None:
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(
+        "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, initializer_range=0.3)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    if tokenizer:
+        from tokenizers import Tokenizer
+        from tokenizers.models import WordLevel
+        from tokenizers.pre_tokenizers import Whitespace
+        from tokenizers.processors import TemplateProcessing
+
+        words = Tokenizer(WordLevel(WORDS, unk_token="<unk>"))
+        words.pre_tokenizer = Whitespace()
+        words.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
+                                             unk_token="<unk>").save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    """{"dir": the tiny Llama without tokenizer, "full": its export with a tokenizer (every kv
+    head keeps every token), "headwise": 1 retrieval kv head, the 3 others sink 2 + recent 5,
+    no tokenizer, "encoder": an embedding graph}."""
+    from edgert.exporters import export
+    from edgert.exporters.heads import Transform
+
+    root = tmp_path_factory.mktemp("decoders")
+    save_tiny_llama(root / "llama", tokenizer=False)
+    shutil.copytree(root / "llama", root / "llama_tok")
+    save_tiny_llama(root / "llama_tok", tokenizer=True)
+    export(str(root / "llama"), root / "headwise.onnx", transform=Transform(retrieval=1, sink=2, recent=5))
+    export(str(root / "llama_tok"), root / "full.onnx")
+    return {"dir": root / "llama", "full": root / "full.onnx", "headwise": root / "headwise.onnx",
+            "encoder": make_embedding_model(root / "encoder.onnx"), "root": root}
+
+
+def ids_line(stdout: str) -> list[int]:
+    return [int(t) for t in stdout.splitlines()[0].split()]
+
+
+def assert_one_error(result, message: str) -> None:
+    """Exit code 2, no traceback, exactly one `Error:` line, the last on stderr, holding `message`."""
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert code == 2, (code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("Error:")] == lines[-1:], result.stderr
+    assert lines[-1].startswith("Error: ") and message in lines[-1], lines[-1]
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+def test_help_lists_generate_and_decode_options():
+    assert "generate" in run_cli("--help").stdout
+    for command, options in (("generate", ("--prompt-ids", "--prompt", "--max-new-tokens", "--top-p",
+                                           "--stop-ids", "--no-stop", "--json")),
+                             ("bench", ("--decode", "--context", "--new-tokens"))):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and all(o in result.stdout for o in options), result.stdout
+
+
+@pytest.mark.parametrize("model", ["full", "headwise"])
+def test_generate_by_ids_equals_the_api(decoders, model):
+    result = run_cli("generate", str(decoders[model]), "--prompt-ids", "5, 6,7", "--max-new-tokens", "12",
+                     "--no-stop", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    generator = Generator(decoders[model], threads=1)
+    expected = generator.generate(PROMPT, 12, stop=())
+    assert ids_line(result.stdout) == expected and len(expected) == 12
+    summary = SUMMARY.fullmatch(result.stdout.splitlines()[-1])
+    assert summary, result.stdout
+    from edgert.cli.bench_cmd import format_bytes
+
+    assert summary.groups() == ("3", "12", format_bytes(generator.cache_bytes()))
+
+
+def test_generate_streams_each_token_before_the_next_is_made(decoders, monkeypatch):
+    """Every id is written and flushed before the generator is asked for the next one."""
+    class Recorder:
+        def __init__(self):
+            self.written, self.flushed = "", ""
+
+        def write(self, text):
+            self.written += text
+            return len(text)
+
+        def flush(self):
+            self.flushed = self.written
+
+    recorder = Recorder()
+    shown_when_resumed = []
+    stream = Generator.stream
+
+    def spying_stream(self, *args, **kwargs):
+        for token in stream(self, *args, **kwargs):
+            yield token
+            shown_when_resumed.append([int(t) for t in recorder.flushed.split()])
+
+    monkeypatch.setattr(Generator, "stream", spying_stream)
+    monkeypatch.setattr(sys, "stdout", recorder)
+    cli.main(["generate", str(decoders["headwise"]), "--prompt-ids", "5,6,7", "--max-new-tokens", "9",
+              "--no-stop", "--threads", "1"], standalone_mode=False)
+    monkeypatch.undo()
+    tokens = Generator(decoders["headwise"], threads=1).generate(PROMPT, 9, stop=())
+    assert shown_when_resumed == [tokens[:k] for k in range(1, 10)]
+    assert ids_line(recorder.written) == tokens
+
+
+def test_sampling_with_a_seed_is_reproducible(decoders):
+    sampling = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--no-stop", "--threads", "1"]
+    runs = [run_cli("generate", str(decoders["full"]), "--prompt-ids", "5,6,7", "--max-new-tokens", "16",
+                    *sampling, "--seed", seed) for seed in ("7", "7", "8")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    first, again, other = (ids_line(r.stdout) for r in runs)
+    generator = Generator(decoders["full"], threads=1)
+    assert first == again == generator.generate(PROMPT, 16, temperature=0.8, top_k=40, top_p=0.95, seed=7,
+                                                stop=())
+    assert other == generator.generate(PROMPT, 16, temperature=0.8, top_k=40, top_p=0.95, seed=8, stop=())
+    assert other != first
+    assert first != generator.generate(PROMPT, 16, stop=())  # sampled, not greedy
+
+
+def test_generate_text_prompt_and_json(decoders, tmp_path):
+    out = tmp_path / "gen.json"
+    result = run_cli("generate", str(decoders["full"]), "--prompt", "w5 w6 w7", "--max-new-tokens", "10",
+                     "--json", str(out), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert set(data) == {"prompt_ids", "tokens", "text", "seconds", "ttft_s", "kv_bytes"}
+    assert data["prompt_ids"] == [1, *PROMPT]  # the tokenizer's <s> first
+    generator = Generator(decoders["full"], threads=1)
+    assert data["tokens"] == generator.generate([1, *PROMPT], 10) == ids_line(result.stdout)
+    assert data["text"] == " ".join(f"w{t}" for t in data["tokens"] if t >= 3)  # specials skipped
+    assert f"text: {data['text']!r}" in result.stdout.splitlines()
+    assert data["kv_bytes"] == generator.cache_bytes() == CacheLayout.from_dict(
+        generator.session.manifest.decoder["cache"]).cache_bytes(1, 4 + 10)
+    assert 0 < data["ttft_s"] <= data["seconds"]
+    # without a tokenizer the JSON has no text
+    result = run_cli("generate", str(decoders["headwise"]), "--prompt-ids", "5,6,7", "--max-new-tokens", "3",
+                     "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(out.read_text())) == {"prompt_ids", "tokens", "seconds", "ttft_s", "kv_bytes"}
+
+
+def test_generate_stop_ids_end_generation(decoders):
+    tokens = Generator(decoders["full"], threads=1).generate(PROMPT, 12, stop=())
+    stop = tokens[4]
+    first = min(tokens.index(t) for t in (stop, 127) if t in tokens)
+    result = run_cli("generate", str(decoders["full"]), "--prompt-ids", "5,6,7", "--max-new-tokens", "12",
+                     "--stop-ids", f"{stop},127")
+    assert result.returncode == 0, result.stderr
+    assert ids_line(result.stdout) == tokens[:first + 1]
+    assert f"{first + 1} new (stopped at id {tokens[first]})" in result.stdout
+
+
+# --- bench --decode and profile_decode ------------------------------------------------------------
+
+def test_bench_decode_two_models_table_and_json(decoders, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", str(decoders["full"]), str(decoders["headwise"]), "--decode", "--context", "64",
+                     "--new-tokens", "8", "--iters", "2", "--warmup", "1", "--threads", "1",
+                     "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    for text in ("decode ms: cpu, batch 1, context 64, 8 new tokens", "prefill", "p50", "p99", "tok/s",
+                 "KV cache", "RSS MB", "speedup", "full.onnx", "headwise.onnx"):
+        assert text in result.stdout, text
+    report = json.loads(out.read_text())
+    assert report["interleaved"] and report["device"] == "cpu"
+    assert report["config"]["context"] == 64 and report["config"]["new_tokens"] == 8
+    full, headwise = report["models"]
+    for model in (full, headwise):
+        assert (model["context"], model["new_tokens"], model["batch"]) == (64, 8, 1)
+        for stats in ("prefill_ms", "decode_ms", "alone_decode_ms"):
+            s = model[stats]
+            assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"], (stats, s)
+        assert model["tokens_per_s"] == pytest.approx(1e3 / model["decode_ms"]["mean"])
+        assert model["peak_rss_mb"] > 0 and model["session_s"] > 0
+    layouts = [CacheLayout.from_dict(Generator(decoders[m]).session.manifest.decoder["cache"])
+               for m in ("full", "headwise")]
+    # full: 4 kv heads x 72 tokens; headwise: 1 x 72 + 3 x (2 + 5), each 2 x 16 floats
+    assert [full["kv_bytes"], headwise["kv_bytes"]] == [l.cache_bytes(1, 72) for l in layouts] == [36864, 11904]
+    assert full["speedup_vs_first"] == 1.0
+
+
+def test_bench_decode_one_model_alone(decoders):
+    seen = []
+    config = DecodeConfig(context=8, new_tokens=4, batch=2, warmup=1, iters=3, threads=1)
+    report = bench_decode([str(decoders["headwise"])], config, progress=seen.append)
+    assert sum(seen) == total_decode_runs(1, config) == 4 and not report.interleaved
+    (result,) = report.models
+    assert result.decode_ms == result.alone_decode_ms and result.speedup_vs_first == 1.0
+    assert result.tokens_per_s == pytest.approx(2 * 1e3 / result.decode_ms.mean)
+    assert result.kv_bytes == Generator(decoders["headwise"]).layout.cache_bytes(2, 12)
+    with pytest.raises(EdgertError, match="config must be a DecodeConfig"):
+        bench_decode([str(decoders["headwise"])], {"context": 8})
+
+
+def test_profile_decode(decoders):
+    generator = Generator(decoders["headwise"], threads=1)
+    prompts = []
+    stream = generator.stream
+
+    def spy(prompt, *args, **kwargs):
+        prompts.append(prompt)
+        return stream(prompt, *args, **kwargs)
+
+    generator.stream = spy
+    stats = profile_decode(generator, context=20, new_tokens=6, batch=2, seed=3, label="tiny")
+    assert isinstance(stats, DecodeStats)
+    assert (stats.model, stats.context, stats.new_tokens, stats.batch) == ("tiny", 20, 6, 2)
+    assert len(stats.decode_ms) == 5 and stats.prefill_s > 0 and min(stats.decode_ms) > 0
+    assert stats.kv_bytes == generator.cache_bytes() == generator.layout.cache_bytes(2, 26)
+    assert min(stats.decode_ms) <= stats.p(50) <= stats.p(99) <= max(stats.decode_ms)
+    assert stats.p(0) == min(stats.decode_ms) and stats.p(100) == max(stats.decode_ms)
+    assert stats.tokens_per_s == pytest.approx(2 * 1e3 / np.mean(stats.decode_ms))
+    rows = np.array(prompts[-1])
+    assert rows.shape == (2, 20) and rows.min() >= 3 and rows.max() < 128 and (rows[0] != rows[1]).any()
+    again = profile_decode(generator, context=20, new_tokens=6, batch=2, seed=3)
+    assert prompts[-1] == prompts[-2] and again.model == str(decoders["headwise"])
+    for kwargs, message in [({"context": 510, "new_tokens": 3}, "exceeds the limit of 512"),
+                            ({"context": 10, "new_tokens": 1}, "new_tokens must be >= 2"),
+                            ({"context": 0, "new_tokens": 3}, "context must be >= 1"),
+                            ({"context": 10, "new_tokens": 3, "batch": 0}, "batch must lie in 1..65536"),
+                            ({"context": 10, "new_tokens": 3, "seed": -1}, "seed must be >= 0")]:
+        with pytest.raises(EdgertError, match=message):
+            profile_decode(generator, **kwargs)
+    with pytest.raises(EdgertError, match="percentile must be a number in 0..100"):
+        stats.p(101)
+    with pytest.raises(EdgertError, match="must be an edgert.Generator"):
+        profile_decode(generator.session, context=4, new_tokens=3)
+
+
+# --- every bad input: one Error line, exit 2 ------------------------------------------------------
+
+GENERATE_ERRORS = [
+    (["--prompt-ids", ",".join(["5"] * 513), "--max-new-tokens", "1"], "prompt has 513 tokens; the limit is 512"),
+    (["--prompt-ids", ",".join(["5"] * 510), "--max-new-tokens", "3"],
+     "prompt (510 tokens) + max_new_tokens (3) exceeds the limit of 512 tokens"),
+    (["--prompt-ids", "5,128", "--max-new-tokens", "3"], "prompt token id 128 is outside the vocabulary [0, 128)"),
+    (["--prompt-ids", "5,-1", "--max-new-tokens", "3"], "prompt token id -1 is outside the vocabulary [0, 128)"),
+    (["--prompt-ids", "5", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["--prompt-ids", "5", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 1, got -3"),
+    (["--prompt-ids", "1,x", "--max-new-tokens", "3"],
+     "--prompt-ids must be comma-separated token ids such as 1,2,3; 'x' is not a whole number"),
+    (["--prompt-ids", "", "--max-new-tokens", "3"], "'' is not a whole number"),
+    (["--max-new-tokens", "3"], "give the prompt either as --prompt-ids 1,2,3 or as --prompt TEXT"),
+    (["--prompt-ids", "5", "--prompt", "w5", "--max-new-tokens", "3"], "give the prompt either as"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "2", "--no-stop"],
+     "give --stop-ids or --no-stop, not both"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "128"],
+     "--stop-ids: token id 128 is outside the vocabulary [0, 128)"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0"], "top_k must be a whole number >= 1"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--seed", "-1"], "seed must be a whole number >= 0"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--threads", "0"], "threads must lie in 1.."),
+]
+
+
+@pytest.mark.parametrize("args, message", GENERATE_ERRORS)
+def test_generate_bad_input(decoders, tmp_path, args, message):
+    out = tmp_path / "g.json"
+    assert_one_error(run_cli("generate", str(decoders["full"]), *args, "--json", str(out)), message)
+    assert not out.exists()
+
+
+def test_generate_bad_models(decoders):
+    assert_one_error(run_cli("generate", str(decoders["headwise"]), "--prompt", "w5 w6", "--max-new-tokens", "3"),
+                     "headwise.onnx carries no tokenizer, so --prompt cannot be tokenized; give the prompt as "
+                     "token ids with --prompt-ids")
+    assert_one_error(run_cli("generate", str(decoders["encoder"]), "--prompt-ids", "5", "--max-new-tokens", "3"),
+                     "encoder.onnx is not a decoder exported by edgert (feature-extraction)")
+    assert_one_error(run_cli("generate", str(decoders["root"] / "none.onnx"), "--prompt-ids", "5",
+                             "--max-new-tokens", "3"), "model not found")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder exported by edgert"),
+    (["{full}", "{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder"),
+    (["{full}", "--decode", "--context", "500", "--new-tokens", "20"],
+     "prompt (500 tokens) + max_new_tokens (20) exceeds the limit of 512 tokens"),
+    (["{full}", "--decode", "--context", "8", "--new-tokens", "1"], "new_tokens must be >= 2"),
+    (["{full}", "--decode", "--context", "0"], "context must be >= 1, got 0"),
+    (["{full}", "--decode", "--batch", "0"], "batch must lie in 1..65536, got 0"),
+    (["{full}", "--decode", "--iters", "0"], "iters must lie in 1..100000, got 0"),
+    (["{full}", "--decode", "--seq", "8"], "--seq does not apply to --decode (use --context and --new-tokens)"),
+    (["{full}", "--decode", "--no-spin"], "--no-spin does not apply to --decode"),
+    (["{full}", "--context", "8"], "--context needs --decode"),
+    (["{full}"], "full.onnx is a decoder (text-generation graph): time its generation with `edgert bench --decode`"),
+])
+def test_bench_decode_bad_input(decoders, tmp_path, args, message):
+    out = tmp_path / "b.json"
+    args = [a.format(**{k: str(v) for k, v in decoders.items()}) for a in args]
+    assert_one_error(run_cli("bench", *args, "--iters" if "--iters" not in args else "--warmup", "1",
+                             "--json", str(out)), message)
+    assert not out.exists()
+
+
+def invoke(*args: str):
+    """The CLI in this process (torch is loaded already: export's errors come in a second)."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_export_bad_head_options(decoders, tmp_path):
+    from edgert.plan import HeadPlan
+
+    source, out = str(decoders["dir"]), tmp_path / "m.onnx"
+    other = tmp_path / "plan3.json"
+    HeadPlan.full(3, 4, head_dim=16).save(other)  # a plan of a 3-layer model
+    wide = tmp_path / "plan8.json"
+    HeadPlan.full(2, 8, head_dim=16).save(wide)  # 2 layers of 8 heads
+    for args, message in [
+        (["--retrieval-heads", "99"], "the plan asks for 99 retrieval heads; the model has 4 kv heads"),
+        (["--retrieval-heads", "1", "--sink", "0", "--recent", "0"],
+         "--sink/--recent: window cache needs sink >= 0 and recent >= 1"),
+        (["--retrieval-heads", "0.5", "--sink", "-1"], "--sink/--recent"),
+        (["--retrieval-heads", "1.5"], "a --retrieval-heads fraction must lie in [0, 1], got 1.5"),
+        (["--retrieval-heads", "abc"], "--retrieval-heads takes a fraction (0.25) or a count (4), got 'abc'"),
+        (["--retrieval-heads", "-1"], "--retrieval-heads must be >= 0, got -1"),
+        (["--sink", "0", "--recent", "0"], "--sink and --recent shape the streaming heads of --retrieval-heads"),
+        (["--plan", str(other)], "plan has 3 layers, model has 2"),
+        (["--plan", str(wide)], "plan layer 0 has 8 heads, model has 4"),
+    ]:
+        assert_one_error(invoke("export", source, "-o", str(out), *args), message)
+        assert not out.exists()
+
+
+# --- the Python API ---------------------------------------------------------------------------
+
+def test_generator_api_errors(decoders):
+    with pytest.raises(EdgertError, match="is not a decoder exported by edgert"):
+        Generator(decoders["encoder"])
+    generator = Generator(decoders["full"], threads=1)
+    with pytest.raises(EdgertError, match="max_length 600 exceeds the model's limit 512"):
+        Generator(decoders["full"], max_length=600)
+    for args, kwargs, message in [
+        (([5, 128], 3), {}, r"prompt token id 128 is outside the vocabulary \[0, 128\)"),
+        (([5, -1], 3), {}, r"prompt token id -1 is outside the vocabulary"),
+        (([[5, 6], [7, 300]], 3), {}, "prompt token id 300"),
+        ((PROMPT, 0), {}, "max_new_tokens must be a whole number >= 1, got 0"),
+        ((PROMPT, -3), {}, "max_new_tokens must be a whole number >= 1"),
+        (([5] * 500, 13), {}, r"prompt \(500 tokens\) \+ max_new_tokens \(13\) exceeds the limit of 512"),
+        (([5] * 513, 1), {}, "prompt has 513 tokens; the limit is 512"),
+        (([], 3), {}, "a prompt must hold at least one token id"),
+        (("hello", 3), {}, "token ids"),
+        ((PROMPT, 3), {"temperature": -0.5}, "temperature must be a finite number >= 0"),
+        ((PROMPT, 3), {"temperature": float("nan")}, "temperature must be a finite number >= 0"),
+        ((PROMPT, 3), {"temperature": 1.0, "top_p": 0}, r"top_p must lie in \(0, 1\]"),
+        ((PROMPT, 3), {"temperature": 1.0, "top_p": 1.5}, r"top_p must lie in \(0, 1\]"),
+        ((PROMPT, 3), {"temperature": 1.0, "top_k": 0}, "top_k must be a whole number >= 1"),
+        ((PROMPT, 3), {"temperature": 1.0, "seed": -1}, "seed must be a whole number >= 0"),
+        ((PROMPT, 3), {"temperature": 1.0, "seed": 1.5}, "seed must be a whole number >= 0"),
+    ]:
+        with pytest.raises(EdgertError, match=message):
+            generator.generate(*args, **kwargs)
+    limited = Generator(decoders["full"], max_length=16)
+    with pytest.raises(EdgertError, match="exceeds the limit of 16 tokens"):
+        limited.generate([5] * 10, 7)
+    assert len(limited.generate([5] * 10, 6, stop=())) == 6
