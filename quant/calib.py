@@ -1,5 +1,6 @@
 """Calibration data: a text file (one example per line, tokenized with the model's own
-tokenizer) or an .npz of named input arrays. Yields one feed dict per example."""
+tokenizer) or an .npz of named input arrays. Yields one feed dict per example, or for
+decoders (whose feeds include a KV cache) one prompt of token ids per example."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from edgert.errors import EdgertError
 from edgert.session import Session
 
 DATA = Path(__file__).resolve().parent / "data"
-# Built-in model name -> (calibration set, held-out set), written in the repo.
-BUNDLED = {"minilm": (DATA / "minilm_calib.txt", DATA / "minilm_heldout.txt")}
+# (calibration set, held-out set) of English sentences, written in the repo: a built-in
+# model's data, and the prompts of a decoder whose tokenizer knows the words.
+BUNDLED_TEXT = (DATA / "minilm_calib.txt", DATA / "minilm_heldout.txt")
+# Built-in model name -> (calibration set, held-out set).
+BUNDLED = {"minilm": BUNDLED_TEXT}
 
 
 class CalibrationError(EdgertError):
@@ -30,14 +34,7 @@ def load_calibration(path: str | Path, session: Session, *, size: int | None = N
     examples are padded to the longest one. `role` names the file in errors
     (e.g. "held-out data").
     """
-    path = Path(path)
-    if size is not None and size < 1:
-        raise CalibrationError(f"calibration size must be >= 1, got {size}")
-    if not path.exists():
-        raise CalibrationError(f"{role} not found: {path}")
-    if path.is_dir():
-        raise CalibrationError(f"{role} {path} is a folder; image calibration needs a vision model, "
-                               "and edgert has none yet: give a .txt or .npz file")
+    path = _checked_path(path, size, role)
     if path.suffix == ".npz":
         samples = _npz_samples(path, session)
     else:
@@ -50,22 +47,70 @@ def load_calibration(path: str | Path, session: Session, *, size: int | None = N
     return samples
 
 
-def _text_samples(path: Path, session: Session, size: int | None, same_length: bool,
-                  role: str) -> list[dict[str, np.ndarray]]:
+def load_prompts(path: str | Path, session: Session, *, size: int | None = None,
+                 role: str = "calibration data") -> list[list[int]]:
+    """Read up to `size` prompts (lists of token ids) for a decoder from `path`: a text file
+    (one prompt per line, tokenized with the model's tokenizer) or an .npz whose `input_ids`
+    array is [N, L] (with an optional `attention_mask` marking padding to drop)."""
+    path = _checked_path(path, size, role)
+    if path.suffix == ".npz":
+        arrays = _read_npz(path)
+        if "input_ids" not in arrays or arrays["input_ids"].ndim != 2:
+            raise CalibrationError(f"{path.name} needs an input_ids array [prompts, tokens] of token ids")
+        ids = arrays["input_ids"]
+        mask = arrays.get("attention_mask")
+        if mask is not None and mask.shape != ids.shape:
+            raise CalibrationError(f"{path.name}: attention_mask {mask.shape} and input_ids {ids.shape} differ in shape")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise CalibrationError(f"{path.name}: input_ids must hold integers, not {ids.dtype}")
+        prompts = [[int(t) for t, m in zip(row, mask[i] if mask is not None else np.ones_like(row)) if m]
+                   for i, row in enumerate(ids)]
+    else:
+        lines = _text_lines(path, size)
+        tokenize = _tokenizer(session, role, "input_ids")
+        prompts = [[int(t) for t in tokenize([line])["input_ids"][0]] for line in lines]
+    prompts = [p for p in prompts if p][:size]
+    if not prompts:
+        raise CalibrationError(f"{role} {path} has no examples")
+    return prompts
+
+
+def _checked_path(path: str | Path, size: int | None, role: str) -> Path:
+    path = Path(path)
+    if size is not None and size < 1:
+        raise CalibrationError(f"calibration size must be >= 1, got {size}")
+    if not path.exists():
+        raise CalibrationError(f"{role} not found: {path}")
+    if path.is_dir():
+        raise CalibrationError(f"{role} {path} is a folder; image calibration needs a vision model, "
+                               "and edgert has none yet: give a .txt or .npz file")
+    return path
+
+
+def _text_lines(path: Path, size: int | None) -> list[str]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
         raise CalibrationError(f"{path} is not a UTF-8 text file (one example per line) "
                                "nor an .npz of input arrays") from None
-    lines = [line for line in lines if line][:size]
-    if not lines:
-        return []
+    return [line for line in lines if line][:size]
+
+
+def _tokenizer(session: Session, role: str, takes: str):
     try:
-        tokenize = session.tokenizer
+        return session.tokenizer
     except EdgertError:
         raise CalibrationError(f"text {role} needs a model that carries a tokenizer; "
-                               f"{session.path.name} takes {', '.join(session.input_names)}: "
+                               f"{session.path.name} takes {takes}: "
                                "give an .npz of those arrays instead") from None
+
+
+def _text_samples(path: Path, session: Session, size: int | None, same_length: bool,
+                  role: str) -> list[dict[str, np.ndarray]]:
+    lines = _text_lines(path, size)
+    if not lines:
+        return []
+    tokenize = _tokenizer(session, role, ", ".join(session.input_names))
     if same_length:
         batch = tokenize(lines)
         return [{name: array[i:i + 1] for name, array in batch.items()} for i in range(len(lines))]
@@ -74,11 +119,7 @@ def _text_samples(path: Path, session: Session, size: int | None, same_length: b
 
 def _npz_samples(path: Path, session: Session) -> list[dict[str, np.ndarray]]:
     """Each array is [N, ...]: example i is every array's slice i, kept as a batch of one."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise CalibrationError(f"cannot read {path} as .npz: {exc}") from None
+    arrays = _read_npz(path)
     missing = [n for n in session.input_names if n not in arrays]
     if missing:
         raise CalibrationError(f"{path.name} lacks input {missing[0]!r}; the model takes "
@@ -88,3 +129,11 @@ def _npz_samples(path: Path, session: Session) -> list[dict[str, np.ndarray]]:
         raise CalibrationError(f"{path.name}: arrays disagree on the number of examples ({sorted(counts)})")
     count = counts.pop()
     return [{n: arrays[n][i:i + 1] for n in session.input_names} for i in range(count)]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise CalibrationError(f"cannot read {path} as .npz: {exc}") from None

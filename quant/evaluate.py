@@ -1,10 +1,12 @@
-"""How good and how fast a quantized model is, measured against its FP32 original."""
+"""How good and how fast a quantized encoder is, measured against its FP32 original
+(decoders: quant/decoder_eval.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +15,8 @@ from edgert.session import Session
 from edgert.synth import synthesize_inputs
 
 METRICS = ("cosine", "sqnr")
+# Without a guard, candidates whose SQNR is within this of the best count as equally accurate.
+SQNR_TOLERANCE_DB = 1.0
 
 
 @dataclass
@@ -27,9 +31,25 @@ class Accuracy:
     cosine_min: float
     sqnr_db: float
 
+    tolerance = f"{SQNR_TOLERANCE_DB:g} dB SQNR"
+
     def value(self, metric: str) -> float:
         """The guard's number: `cosine` → mean cosine, `sqnr` → SQNR in dB."""
         return self.cosine_mean if metric == "cosine" else self.sqnr_db
+
+    @property
+    def score(self) -> float:
+        """Higher is more accurate: the SQNR."""
+        return self.sqnr_db
+
+    def close_to(self, best: Accuracy) -> bool:
+        """As accurate as `best` for choosing a kernel: SQNR within SQNR_TOLERANCE_DB."""
+        return self.sqnr_db >= best.sqnr_db - SQNR_TOLERANCE_DB
+
+    def columns(self) -> dict[str, str]:
+        """Table columns for the CLI: header → formatted value."""
+        return {"cosine mean": f"{self.cosine_mean:.4f}", "cosine min": f"{self.cosine_min:.4f}",
+                "SQNR dB": f"{self.sqnr_db:.1f}"}
 
 
 def accuracy(reference: Session, candidate: Session, samples: Sequence[dict[str, np.ndarray]]) -> Accuracy:
@@ -59,6 +79,15 @@ class SpeedCheck:
     def speedup(self) -> float:
         return self.fp32_ms.p50 / self.int8_ms.p50
 
+    @property
+    def timed_at(self) -> dict[str, int]:
+        return {"batch": self.batch, "seq": self.seq}
+
+    @property
+    def what(self) -> str:
+        """What was timed, for the CLI."""
+        return f"latency p50 at batch {self.batch}, seq {self.seq}"
+
 
 def speed_check(reference: Session, candidate: Session, *, batch: int = 1, seq: int = 128,
                 iters: int = 50, warmup: int = 5) -> SpeedCheck:
@@ -82,3 +111,21 @@ def speed_checks(reference: Session, candidates: Sequence[Session], *, batch: in
     fp32, *int8 = time_interleaved(runners, iters=iters, warmup=warmup)
     fp32_ms = LatencyStats.from_seconds(fp32)
     return [SpeedCheck(fp32_ms, LatencyStats.from_seconds(times), batch, seq) for times in int8]
+
+
+class EncoderEvaluation:
+    """Accuracy and speed of INT8 candidates of an encoder: its first output on held-out
+    feeds against FP32 (cosine, SQNR), and one interleaved batch/sequence timing."""
+
+    def __init__(self, reference: Session, checks: Sequence[dict[str, np.ndarray]], options) -> None:
+        self.reference, self.checks, self.options = reference, checks, options
+
+    def open(self, path: Path) -> Session:
+        """A session of a candidate, kept for accuracy() and speeds()."""
+        return Session(path, options=self.options)
+
+    def accuracy(self, candidate: Session) -> Accuracy:
+        return accuracy(self.reference, candidate, self.checks)
+
+    def speeds(self, candidates: Sequence[Session]) -> list[SpeedCheck]:
+        return speed_checks(self.reference, candidates)

@@ -1,6 +1,11 @@
 """`edgert quantize --int8`: ONNX Runtime's QDQ / dynamic quantization, calibrated, with the
 INT8 kernel configuration chosen for this CPU by measurement and an accuracy guard that keeps
-the most sensitive nodes in float until the guard holds."""
+the most sensitive nodes in float until the guard holds.
+
+Encoders are judged by their first output on held-out feeds (cosine, SQNR; quant/evaluate.py),
+decoders (text-generation graphs) by next-token top-1 agreement and KL divergence along FP32's
+greedy continuations of held-out prompts, and timed per decoded token (quant/decoder_eval.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from edgert import cpu
@@ -17,9 +23,11 @@ from edgert._io import atomic_output, check_output_path, temporary_directory, te
 from edgert.errors import EdgertError
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY
-from edgert.quant.calib import BUNDLED, load_calibration
-from edgert.quant.evaluate import METRICS, Accuracy, SpeedCheck, accuracy, speed_check, speed_checks
-from edgert.quant.outliers import TensorStats, activation_stats
+from edgert.quant import decoder_eval
+from edgert.quant.calib import BUNDLED, BUNDLED_TEXT, load_calibration
+from edgert.quant.decoder_eval import DecodeSpeed, DecoderAccuracy, DecoderEvaluation, is_decoder
+from edgert.quant.evaluate import Accuracy, EncoderEvaluation, SpeedCheck
+from edgert.quant.outliers import TensorStats, activation_stats, producer_scope
 from edgert.session import Session, session_options
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -32,10 +40,14 @@ MAX_ATTEMPTS = 16
 OUTLIER_SAMPLES = 32  # enough for stable max/kurtosis ranks; the full set costs minutes
 # Guard thresholds a quantized model can meet: cosine 1 means bit-exact; 8-bit rounding noise
 # alone caps SQNR near 50 dB (6.02 dB per bit + 1.76), so 100 dB is out of any INT8 model's reach.
+# Top-1 agreement can be complete; a KL of 0 would need bit-exact logits.
 GUARD_RANGES = {"cosine": (0.0, 1.0, "at least 0 and below 1"),
-                "sqnr": (0.0, 100.0, "between 0 and 100 dB")}
-# Without a guard, candidates whose SQNR is within this of the best count as equally accurate.
-SQNR_TOLERANCE_DB = 1.0
+                "sqnr": (0.0, 100.0, "between 0 and 100 dB"),
+                "top1": (0.0, 1.0, "between 0 and 1"),
+                "kl": (0.0, math.inf, "above 0 and finite")}
+CEILING_METRICS = ("kl",)  # guards that bound a metric from above: kl<=VALUE
+DECODER_METRICS = decoder_eval.METRICS
+GUARD_WORDS = "cosine>=V or sqnr>=V for encoders, top1>=V or kl<=V for decoders"
 
 
 class QuantizeError(EdgertError):
@@ -44,20 +56,24 @@ class QuantizeError(EdgertError):
 
 @dataclass(frozen=True)
 class Guard:
-    """`metric >= threshold`, checked on held-out data after quantizing."""
+    """`metric >= threshold` (`kl <= threshold`), checked on held-out data after quantizing."""
 
     metric: str
     threshold: float
 
     @classmethod
     def parse(cls, text: str) -> Guard:
-        """`cosine>=0.99` or `sqnr>=30`; a malformed or unreachable guard is a QuantizeError."""
-        match = re.fullmatch(r"\s*(\w+)\s*>=\s*([-+0-9.eE]+)\s*", text)
-        if not match or match.group(1) not in METRICS:
-            raise QuantizeError(f"bad guard {text!r}; expected METRIC>=VALUE with METRIC one of "
-                                f"{', '.join(METRICS)}, e.g. cosine>=0.99")
+        """`cosine>=0.99`, `sqnr>=30`, `top1>=0.9` or `kl<=0.05`; a malformed or unreachable
+        guard is a QuantizeError."""
+        match = re.fullmatch(r"\s*(\w+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*", text)
+        if not match or match.group(1) not in GUARD_RANGES:
+            raise QuantizeError(f"bad guard {text!r}; expected {GUARD_WORDS}, e.g. cosine>=0.99")
+        metric, operator = match.group(1), match.group(2)
+        if (operator == "<=") != (metric in CEILING_METRICS):
+            right = "<=" if metric in CEILING_METRICS else ">="
+            raise QuantizeError(f"bad guard {text!r}; {metric} is bounded with {right}: {metric}{right}VALUE")
         try:
-            guard = cls(match.group(1), float(match.group(2)))
+            guard = cls(metric, float(match.group(3)))
         except ValueError:
             raise QuantizeError(f"bad guard value in {text!r}") from None
         guard.check()
@@ -66,18 +82,28 @@ class Guard:
     def check(self) -> None:
         """Refuse a threshold no INT8 model can meet (or that every model meets)."""
         if self.metric not in GUARD_RANGES:
-            raise QuantizeError(f"bad guard metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+            raise QuantizeError(f"bad guard metric {self.metric!r}; choose one of {', '.join(GUARD_RANGES)}")
         low, high, words = GUARD_RANGES[self.metric]
         ok = math.isfinite(self.threshold) and low <= self.threshold
         ok = ok and (self.threshold < high if self.metric == "cosine" else self.threshold <= high)
+        ok = ok and not (self.metric == "kl" and self.threshold == 0)
         if not ok:
             raise QuantizeError(f"guard {self}: a {self.metric} guard must be {words}")
 
-    def holds(self, measured: Accuracy) -> bool:
-        return measured.value(self.metric) >= self.threshold
+    def holds(self, measured: Accuracy | DecoderAccuracy) -> bool:
+        return self.margin(measured) >= 0
+
+    def margin(self, measured: Accuracy | DecoderAccuracy) -> float:
+        """How far `measured` is on the good side of the threshold (negative: guard fails)."""
+        value = measured.value(self.metric)
+        return self.threshold - value if self.metric in CEILING_METRICS else value - self.threshold
 
     def __str__(self) -> str:
-        return f"{self.metric}>={self.threshold:g}"
+        return f"{self.metric}{'<=' if self.metric in CEILING_METRICS else '>='}{self.threshold:g}"
+
+
+# A decoder quantized without --guard is held to this: 9 in 10 next tokens as FP32 predicts them.
+DEFAULT_DECODER_GUARD = Guard("top1", 0.9)
 
 
 @dataclass(frozen=True)
@@ -161,7 +187,7 @@ class Candidate:
     speedup: FP32 p50 / INT8 p50, all candidates timed interleaved (None: not timed alone)."""
 
     kernel: Int8Kernel
-    accuracy: Accuracy
+    accuracy: Accuracy | DecoderAccuracy
     speedup: float | None = None
     chosen: bool = False
 
@@ -171,9 +197,10 @@ def choose_kernel(candidates: Sequence[Candidate], guard: Guard | None) -> tuple
 
     With a guard: the fastest candidate that meets it; if none does, the one closest to it
     (the greedy float-node search then starts from there, needing the fewest float nodes).
-    Without a guard: the fastest of those whose SQNR is within SQNR_TOLERANCE_DB of the most
-    accurate one, so speed never buys more than that much accuracy. One candidate: itself.
-    Speeds come from one interleaved run of FP32 and every candidate (batch 1, seq 128).
+    Without a guard: the fastest of those as accurate as the most accurate one (Accuracy:
+    SQNR within 1 dB; DecoderAccuracy: mean KL within 10^0.1 of it), so speed never buys more
+    than that much accuracy. One candidate: itself. Speeds come from one interleaved run of
+    FP32 and every candidate (encoders: batch 1, seq 128; decoders: per decoded token).
     """
     if len(candidates) == 1:
         return 0, "the only candidate for this CPU"
@@ -185,11 +212,11 @@ def choose_kernel(candidates: Sequence[Candidate], guard: Guard | None) -> tuple
         meeting = [i for i, c in enumerate(candidates) if guard.holds(c.accuracy)]
         if meeting:
             return fastest(meeting), f"fastest meeting guard {guard}"
-        best = max(range(len(candidates)), key=lambda i: candidates[i].accuracy.value(guard.metric))
+        best = max(range(len(candidates)), key=lambda i: guard.margin(candidates[i].accuracy))
         return best, f"none meets guard {guard}: closest to it"
-    best_db = max(c.accuracy.sqnr_db for c in candidates)
-    close = [i for i, c in enumerate(candidates) if c.accuracy.sqnr_db >= best_db - SQNR_TOLERANCE_DB]
-    return fastest(close), f"fastest within {SQNR_TOLERANCE_DB:g} dB SQNR of the most accurate"
+    best = max((c.accuracy for c in candidates), key=lambda a: a.score)
+    close = [i for i, c in enumerate(candidates) if c.accuracy.close_to(best)]
+    return fastest(close), f"fastest within {best.tolerance} of the most accurate"
 
 
 @dataclass
@@ -197,7 +224,7 @@ class Attempt:
     """One quantization try: how many nodes stayed in float, and the accuracy it reached."""
 
     float_nodes: int
-    accuracy: Accuracy
+    accuracy: Accuracy | DecoderAccuracy
 
 
 @dataclass
@@ -205,8 +232,8 @@ class QuantResult:
     path: Path
     config: QuantConfig
     float_nodes: list[str]
-    accuracy: Accuracy
-    speed: SpeedCheck
+    accuracy: Accuracy | DecoderAccuracy
+    speed: SpeedCheck | DecodeSpeed
     attempts: list[Attempt] = field(default_factory=list)
     heldout: str = ""
     fused: dict[str, int] = field(default_factory=dict)
@@ -215,6 +242,10 @@ class QuantResult:
     kernel: Int8Kernel = U8S8
     candidates: list[Candidate] = field(default_factory=list)
     choice: str = ""
+    decoder: bool = False  # a text-generation graph, judged by next-token agreement
+    # decoders: the modules (layers, lm_head) wholly in float → their nodes
+    float_modules: dict[str, list[str]] = field(default_factory=dict)
+    default_guard: bool = False  # config.guard is DEFAULT_DECODER_GUARD, not asked for
 
 
 Step = Callable[[str], None]
@@ -224,21 +255,35 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
                    calib: str | os.PathLike | None = None, heldout: str | os.PathLike | None = None,
                    threads: int | None = None, on_step: Step | None = None) -> QuantResult:
     """Quantize `model` to INT8 at `output` with the kernel configuration that is accurate and
-    fastest on this CPU (see choose_kernel), enforcing `config.guard` on held-out data."""
+    fastest on this CPU (see choose_kernel), enforcing `config.guard` on held-out data.
+
+    A decoder (text-generation graph) is judged by next-token agreement with FP32 on held-out
+    prompts (decoder_eval), held to DEFAULT_DECODER_GUARD unless `config.guard` says otherwise,
+    and timed per decoded token; its projections are quantized, its attention and KV cache
+    stay in float."""
     step = on_step or (lambda _: None)
     config.check()
     output = check_output_path(output, inputs=(model, calib, heldout))
-    reference = Session(model, options=session_options(threads, spin=False))
+    options = session_options(threads, spin=False)
+    reference = Session(model, options=options)
     proto = load_onnx_proto(model)
     _check_quantizable(proto, model, config)
+    decoder = is_decoder(reference)
+    default_guard = decoder and config.guard is None
+    config = _guard_for(config, decoder)
     isa = cpu.cpu_isa(config.isa)
     kernels = candidate_kernels(config, isa)
-    calib, heldout = _data_paths(reference, calib, heldout)
-    step("calibration data")
-    samples = load_calibration(calib, reference, size=config.calib_size,
-                               same_length=config.method != "minmax")
-    checks = load_calibration(heldout, reference, role="held-out data") if heldout else samples
-    options = session_options(threads, spin=False)
+    if decoder:
+        evaluation, samples, heldout_words = _decoder_data(reference, model, config, calib, heldout,
+                                                           threads, step)
+    else:
+        calib, heldout = _data_paths(reference, calib, heldout)
+        step("calibration data")
+        samples = load_calibration(calib, reference, size=config.calib_size,
+                                   same_length=config.method != "minmax")
+        checks = load_calibration(heldout, reference, role="held-out data") if heldout else samples
+        evaluation = EncoderEvaluation(reference, checks, options)
+        heldout_words = str(heldout) if heldout else f"{calib} (calibration data)"
 
     with temporary_directory(prefix="edgert-quant-") as work, tempfiles_in(work):
         pre = work / "pre.onnx"
@@ -247,16 +292,27 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         step("activation outliers")
         outliers = activation_stats(pre, samples[:OUTLIER_SAMPLES], threads=threads)
         fused: dict[str, int] = {}
-        if config.fuse and config.target == "cpu":
+        # Decoders stay unfused: onnxscript's attention fusions do not know edgert's per-head cache.
+        if config.fuse and config.target == "cpu" and not decoder:
             step("fusing attention for ONNX Runtime CPU")
             fused = _fuse(pre, work / "fused.onnx")
             if any(fused.values()):
                 pre = work / "fused.onnx"
-        nodes = load_onnx_proto(pre).graph.node
-        float_nodes = _resolve_excludes(config.exclude, nodes)
-        ranking = _sensitivity_ranking(nodes, outliers)
+        graph = load_onnx_proto(pre).graph
+        quantizable = _Quantizable({i.name for i in graph.initializer},
+                                   const_weight_only=decoder or config.mode == "dynamic")
+        float_nodes = _resolve_excludes(config.exclude, graph.node, quantizable)
+        trial = _Trial(pre, work, config, samples, evaluation, step, decoder=decoder,
+                       quantizable_nodes=frozenset(n.name for n in graph.node if quantizable(n)))
+        modules = _module_groups(graph.node, quantizable) if decoder else []
+        if decoder:
+            # A decoder's error compounds token after token, and which modules it comes from
+            # (first layers' attention, say) tells little about their activations' outliers:
+            # each module's damage is measured instead, when the guard first fails.
+            ranking = partial(trial.rank_modules, modules)
+        else:
+            ranking = partial(_constant, _sensitivity_ranking(graph.node, outliers, quantizable))
 
-        trial = _Trial(pre, work, config, samples, reference, checks, options, step)
         candidates, paths, speeds = trial.measure_candidates(kernels, float_nodes)
         chosen, choice = choose_kernel(candidates, config.guard)
         if config.target == "tensorrt":
@@ -269,15 +325,68 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
             speed = speeds[chosen]
         else:
             step("timing FP32 vs INT8")
-            speed = speed_check(reference, Session(path, options=options))
+            speed = evaluation.speeds([evaluation.open(path)])[0]
             if len(candidates) == 1 and final_nodes == float_nodes:
                 candidates[0].speedup = speed.speedup
         result = QuantResult(output, config, final_nodes, attempts[-1].accuracy, speed, attempts,
-                             heldout=str(heldout) if heldout else f"{calib} (calibration data)",
-                             fused=fused, outliers=outliers, isa=isa, kernel=kernel,
-                             candidates=candidates, choice=choice)
+                             heldout=heldout_words, fused=fused, outliers=outliers, isa=isa,
+                             kernel=kernel, candidates=candidates, choice=choice, decoder=decoder,
+                             default_guard=default_guard,
+                             float_modules={name: nodes for name, nodes in modules if set(nodes) <= set(final_nodes)})
         _write(path, output, proto, result)
     return result
+
+
+def _guard_for(config: QuantConfig, decoder: bool) -> QuantConfig:
+    """`config` with the guard a model of this kind takes (decoders: DEFAULT_DECODER_GUARD
+    when none is given); a guard on the other kind's metrics is a QuantizeError."""
+    guard = config.guard
+    if decoder and guard is None:
+        return replace(config, guard=DEFAULT_DECODER_GUARD)
+    if guard is not None and (guard.metric in DECODER_METRICS) != decoder:
+        kind, allowed = ("a decoder", "top1>=V or kl<=V") if decoder else ("this model", "cosine>=V or sqnr>=V")
+        why = ("next-token agreement with FP32" if decoder
+               else "its first output against FP32; top1 and kl are for text-generation graphs")
+        raise QuantizeError(f"guard {guard} does not fit {kind}: its guard is {allowed} ({why})")
+    return config
+
+
+def _decoder_data(reference: Session, model, config: QuantConfig, calib, heldout, threads: int | None,
+                  step: Step) -> tuple[DecoderEvaluation, list[dict], str]:
+    """A decoder's evaluation (held-out prompts and FP32's continuations) and its calibration
+    feeds, recorded while FP32 generates after the calibration prompts."""
+    if config.mode == "static":
+        decoder_eval.check_static_feeds(config.method)
+    step("held-out prompts: FP32 continuations")
+    prompts, source = decoder_eval.decoder_prompts(
+        reference, heldout, count=decoder_eval.HELDOUT_PROMPTS, seed=decoder_eval.HELDOUT_SEED,
+        bundled=BUNDLED_TEXT[1], role="held-out data")
+    evaluation = DecoderEvaluation(Path(model), prompts, threads=threads)
+    # Dynamic INT8 needs feeds only for the outlier report and the float-node ranking.
+    limit = config.calib_size if config.mode == "static" else min(config.calib_size, OUTLIER_SAMPLES)
+    count = math.ceil(limit / (1 + decoder_eval.CALIB_DECODE_STEPS))
+    step("calibration feeds from FP32 generation")
+    calib_prompts, _ = decoder_eval.decoder_prompts(
+        reference, calib, count=count, seed=decoder_eval.CALIB_SEED, bundled=BUNDLED_TEXT[0],
+        role="calibration data")
+    samples = decoder_eval.calibration_feeds(reference, calib_prompts, limit=limit)
+    words = (f"{source}; each continued greedily by FP32 for {decoder_eval.CONTINUATION} tokens, "
+             "both models teacher-forced along it")
+    return evaluation, samples, words
+
+
+@dataclass(frozen=True)
+class _Quantizable:
+    """Which nodes ONNX Runtime quantizes: MatMul / Gemm / Conv, and with const_weight_only
+    (dynamic mode, decoders) only those whose second input is a weight, not an activation."""
+
+    weights: set[str]
+    const_weight_only: bool
+
+    def __call__(self, node) -> bool:
+        if node.op_type not in OP_TYPES:
+            return False
+        return not self.const_weight_only or (len(node.input) > 1 and node.input[1] in self.weights)
 
 
 @dataclass
@@ -288,45 +397,67 @@ class _Trial:
     work: Path
     config: QuantConfig
     samples: list
-    reference: Session
-    checks: list
-    options: object
+    evaluation: EncoderEvaluation | DecoderEvaluation
     step: Step
+    decoder: bool = False
+    quantizable_nodes: frozenset[str] = frozenset()  # with all of them in float nothing is INT8
 
-    def quantize(self, kernel: Int8Kernel, float_nodes: list[str], path: Path) -> tuple[Session, Accuracy]:
-        _quantize(self.pre, path, self.config, kernel, self.samples, float_nodes)
-        session = Session(path, options=self.options)
-        return session, accuracy(self.reference, session, self.checks)
+    def quantize(self, kernel: Int8Kernel, float_nodes: list[str], path: Path
+                 ) -> tuple[object, Accuracy | DecoderAccuracy]:
+        """Quantize to `path`; the candidate as the evaluation opens it, and its accuracy."""
+        _quantize(self.pre, path, self.config, kernel, self.samples, float_nodes, decoder=self.decoder)
+        candidate = self.evaluation.open(path)
+        return candidate, self.evaluation.accuracy(candidate)
 
     def measure_candidates(self, kernels: Sequence[Int8Kernel], float_nodes: list[str]
-                           ) -> tuple[list[Candidate], list[Path], list[SpeedCheck]]:
+                           ) -> tuple[list[Candidate], list[Path], list[SpeedCheck | DecodeSpeed]]:
         """Each kernel's accuracy; with more than one, their speed too, timed together."""
-        candidates, paths, sessions = [], [], []
+        candidates, paths, opened = [], [], []
         for i, kernel in enumerate(kernels):
             self.step(f"quantizing with {kernel.label} ({i + 1} of {len(kernels)} kernel candidates)")
             paths.append(self.work / f"candidate{i}.onnx")
-            session, measured = self.quantize(kernel, float_nodes, paths[-1])
-            sessions.append(session)
+            candidate, measured = self.quantize(kernel, float_nodes, paths[-1])
+            opened.append(candidate)
             candidates.append(Candidate(kernel, measured))
         if len(candidates) == 1:
             return candidates, paths, []
         self.step(f"timing FP32 vs {len(candidates)} INT8 kernel candidates")
-        speeds = speed_checks(self.reference, sessions)
+        speeds = self.evaluation.speeds(opened)
         for candidate, speed in zip(candidates, speeds):
             candidate.speedup = speed.speedup
         return candidates, paths, speeds
 
-    def meet_guard(self, kernel: Int8Kernel, path: Path, measured: Accuracy, float_nodes: list[str],
-                   ranking) -> tuple[Path, list[str], list[Attempt]]:
-        """Keep the consumers of the worst activations in float until the guard holds
-        (`path` is already quantized with `float_nodes` and measured)."""
+    def rank_modules(self, modules: list[tuple[str, list[str]]], kernel: Int8Kernel,
+                     float_nodes: list[str]) -> list[tuple[str, list[str]]]:
+        """`modules` (name, quantizable nodes) most damaging first: each is quantized alone,
+        everything else in float, and ranked by its accuracy (worst score first)."""
+        scored = []
+        pending = [(name, nodes) for name, nodes in modules if any(n not in float_nodes for n in nodes)]
+        everything = [n for _, nodes in pending for n in nodes]
+        for i, (name, nodes) in enumerate(pending):
+            self.step(f"sensitivity of {name} ({i + 1} of {len(pending)} modules, quantized alone)")
+            others = float_nodes + [n for n in everything if n not in nodes and n not in float_nodes]
+            _, measured = self.quantize(kernel, others, self.work / "probe.onnx")
+            scored.append((measured.score, i))
+        return [pending[i] for _, i in sorted(scored)]
+
+    def meet_guard(self, kernel: Int8Kernel, path: Path, measured: Accuracy | DecoderAccuracy,
+                   float_nodes: list[str], rank: Callable[[Int8Kernel, list[str]], list]
+                   ) -> tuple[Path, list[str], list[Attempt]]:
+        """Keep the most sensitive nodes in float, in the order `rank(kernel, float_nodes)`
+        gives (asked once, when the guard first fails), until the guard holds (`path` is
+        already quantized with `float_nodes` and measured)."""
         guard = self.config.guard
         attempts = [Attempt(len(float_nodes), measured)]
+        ranking = None
         while guard is not None and not guard.holds(measured):
+            ranking = rank(kernel, float_nodes) if ranking is None else ranking
             float_nodes = _next_float_nodes(ranking, float_nodes)
-            if float_nodes is None or len(attempts) >= MAX_ATTEMPTS:
+            nothing_left = float_nodes is not None and self.quantizable_nodes <= set(float_nodes)
+            if float_nodes is None or nothing_left or len(attempts) >= MAX_ATTEMPTS:
+                shown = "{:.3g}" if guard.metric in CEILING_METRICS else "{:.4f}"
                 tried = ", ".join(f"{a.float_nodes} float nodes → {guard.metric} "
-                                  f"{a.accuracy.value(guard.metric):.4f}" for a in attempts)
+                                  + shown.format(a.accuracy.value(guard.metric)) for a in attempts)
                 raise QuantizeError(f"guard {guard} cannot be met with INT8 {kernel.label}; "
                                     f"tried {tried}; nothing written")
             self.step(f"quantizing with {kernel.label} ({len(float_nodes)} nodes in float)")
@@ -370,19 +501,25 @@ def _preprocess(model, out: Path) -> None:
     quant_pre_process(str(model), str(out), skip_symbolic_shape=True, skip_optimization=True)
 
 
-def _resolve_excludes(items: Sequence[str], nodes) -> list[str]:
-    """Node names for --exclude items, each a node name or an op type."""
+def _resolve_excludes(items: Sequence[str], nodes, quantizable: Callable[[object], bool]) -> list[str]:
+    """Node names for --exclude items, each a node name, an op type, or a torch module path
+    (whole dotted parts of where torch.onnx says a node came from, e.g. `lm_head` or
+    `layers.0`: the quantizable nodes inside that module)."""
     names = []
     for item in items:
         matched = [n.name for n in nodes if n.name == item or n.op_type == item]
         if not matched:
-            raise QuantizeError(f"--exclude {item!r} matches no node name or op type in the model")
+            part = f".{item.strip('.')}."
+            matched = [n.name for n in nodes if quantizable(n) and part in f".{producer_scope(n)}."]
+        if not matched:
+            raise QuantizeError(f"--exclude {item!r} matches no node name or op type in the model, "
+                                "nor a torch module path (such as lm_head or layers.0) of a quantizable node")
         names += [m for m in matched if m not in names]
     return names
 
 
 def _quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, samples,
-              float_nodes: list[str]) -> None:
+              float_nodes: list[str], *, decoder: bool = False) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_dynamic, quantize_static)
 
@@ -408,8 +545,16 @@ def _quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, sam
         weight_type=types[kernel.weight], nodes_to_exclude=float_nodes,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[config.method],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "DedicatedQDQPair": True} if kernel.symmetric else {})
+        extra_options={**({"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "DedicatedQDQPair": True} if kernel.symmetric else {}),
+                       **(_DECODER_QDQ_OPTIONS if decoder else {})})
+
+
+# Static QDQ of decoders: attention over the KV cache stays in float (only MatMuls by a
+# weight), and MatMul outputs are not quantized: with Q/DQ on the projections' outputs, which
+# reach the attention If-branches and the new-key outputs through Reshapes, ONNX Runtime 1.32's
+# QDQPropagationTransformer aborts the process when a session is created.
+_DECODER_QDQ_OPTIONS = {"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": list(OP_TYPES)}
 
 
 def _fuse(pre: Path, out: Path) -> dict[str, int]:
@@ -425,16 +570,38 @@ def _fuse(pre: Path, out: Path) -> dict[str, int]:
     return fuse_for_ort_cpu(pre, out, skip_layer_norm=False)
 
 
-def _sensitivity_ranking(nodes, stats: list[TensorStats]) -> list[tuple[str, list[str]]]:
+def _sensitivity_ranking(nodes, stats: list[TensorStats], quantizable: Callable[[object], bool]
+                         ) -> list[tuple[str, list[str]]]:
     """Activation inputs of quantizable nodes, worst fake-INT8 SQNR first, each with the
     nodes that consume it. Fusion keeps the names of the tensors that feed MatMuls, so
     statistics taken on the unfused graph rank the fused graph's nodes."""
     consumers: dict[str, list[str]] = {}
     for node in nodes:
-        if node.op_type in OP_TYPES:
+        if quantizable(node):
             for tensor in node.input[:2]:
                 consumers.setdefault(tensor, []).append(node.name)
     return [(s.name, consumers[s.name]) for s in stats if s.name in consumers]
+
+
+def _constant(ranking: list, *_) -> list:
+    """A ranking known before quantizing, whatever the kernel and float nodes."""
+    return ranking
+
+
+# `model.model.layers.3.mlp.up_proj` → `model.model.layers.3`: one decoder layer.
+_LAYER_SCOPE = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks)\.\d+)(?:\.|$)")
+
+
+def _module_groups(nodes, quantizable: Callable[[object], bool]) -> list[tuple[str, list[str]]]:
+    """Quantizable nodes grouped by the decoder layer (or other torch module, e.g. lm_head)
+    they came from, in graph order."""
+    groups: dict[str, list[str]] = {}
+    for node in nodes:
+        if quantizable(node):
+            scope = producer_scope(node)
+            match = _LAYER_SCOPE.match(scope)
+            groups.setdefault(match.group(1) if match else scope, []).append(node.name)
+    return list(groups.items())
 
 
 def _next_float_nodes(ranking, float_nodes: list[str]) -> list[str] | None:
@@ -461,7 +628,7 @@ def _write(candidate: Path, output: Path, original, result: QuantResult) -> None
         "float_nodes": result.float_nodes, "accuracy": asdict(result.accuracy),
         "heldout": result.heldout, "speedup": result.speed.speedup,
         "fp32_p50_ms": result.speed.fp32_ms.p50, "int8_p50_ms": result.speed.int8_ms.p50,
-        "timed_at": {"batch": result.speed.batch, "seq": result.speed.seq},
+        "timed_at": result.speed.timed_at,
         "fused": result.fused,
         "cpu": result.isa.to_dict() if result.isa else None,
         "kernel": {"label": result.kernel.label, **asdict(result.kernel)},
@@ -469,6 +636,12 @@ def _write(candidate: Path, output: Path, original, result: QuantResult) -> None
                         "speedup": c.speedup, "chosen": c.chosen} for c in result.candidates],
         "choice": result.choice,
     }
+    if result.decoder:
+        record["accuracy_method"] = ("next-token top-1 agreement and mean KL(p_fp32 || p_int8) in nats, "
+                                     "teacher-forced along FP32's greedy continuations of held-out prompts")
+        record["default_guard"] = result.default_guard
+        record["float_modules"] = list(result.float_modules)
+        record["float_ranking"] = "per decoder layer or module: each quantized alone, the most damaging kept in float first"
     if MANIFEST_KEY in props:
         manifest = Manifest.from_json(props[MANIFEST_KEY])
         manifest.extra = {**manifest.extra, "quantization": record}

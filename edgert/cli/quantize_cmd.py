@@ -20,22 +20,26 @@ if TYPE_CHECKING:
 @click.option("--int8", "int8", is_flag=True, help="Quantize to INT8 (the only precision today).")
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)
 @click.option("--calib", type=click.Path(), default=None,
-              help="Calibration data: .txt (one example per line) or .npz of inputs. "
-                   "Default: the built-in set of a built-in model.")
+              help="Calibration data: .txt (one example per line) or .npz of inputs (decoders: "
+                   "prompts, .txt or .npz of input_ids). Default: the built-in set of a built-in "
+                   "model; for decoders, bundled text their tokenizer knows, else random token ids.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--heldout", type=click.Path(), default=None,
               help="Held-out data for the guard (same formats). Default: the built-in set, "
-                   "else the calibration data.")
+                   "else the calibration data; for decoders 8 prompts as for --calib.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Calibration method (static mode).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="Weight scales per output channel or per tensor.")
 @click.option("--exclude", multiple=True, metavar="NODE_OR_OPTYPE",
-              help="Keep this node (or every node of this op type) in float. Repeatable.")
+              help="Keep this node (or every node of this op type, or the quantizable nodes of "
+                   "this torch module, e.g. lm_head or layers.0) in float. Repeatable.")
 @click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
               help="tensorrt: symmetric int8 activations and weights in QDQ form.")
 @click.option("--guard", default=None, metavar="METRIC>=VALUE",
-              help="e.g. cosine>=0.99 or sqnr>=20: keep sensitive nodes in float until it holds.")
+              help="Keep sensitive nodes in float until it holds: cosine>=0.99 or sqnr>=20 for "
+                   "encoders; top1>=0.9 (next-token agreement) or kl<=0.05 for decoders, which "
+                   "default to top1>=0.9 (top1>=0: every node in INT8, accuracy only reported).")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
               help="Target cpu: fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops) before quantizing (an `edgert export` is fused already).")
@@ -76,24 +80,34 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     console.print(candidate_table(result))
     table = Table(title=f"INT8 {result.kernel.label} ({mode}, {method}, {'per-channel' if per_channel else 'per-tensor'}, "
                         f"target {target}) vs FP32")
-    for column in ("attempt", "nodes in float", "cosine mean", "cosine min", "SQNR dB"):
+    for column in ("attempt", "nodes in float", *result.accuracy.columns()):
         table.add_column(column, justify="right")
     for i, a in enumerate(result.attempts, 1):
-        table.add_row(str(i), str(a.float_nodes), f"{a.accuracy.cosine_mean:.4f}",
-                      f"{a.accuracy.cosine_min:.4f}", f"{a.accuracy.sqnr_db:.1f}")
+        table.add_row(str(i), str(a.float_nodes), *a.accuracy.columns().values())
     console.print(table)
     console.print(guard_line(result))
     console.print(f"held-out data: {result.heldout}")
     if result.float_nodes:
-        console.print("kept in float: " + ", ".join(result.float_nodes))
+        console.print(f"kept in float: {float_words(result)}")
     speed = result.speed
-    line = (f"latency p50 at batch {speed.batch}, seq {speed.seq}: FP32 {speed.fp32_ms.p50:.2f} ms, "
+    line = (f"{speed.what}: FP32 {speed.fp32_ms.p50:.2f} ms, "
             f"INT8 {speed.int8_ms.p50:.2f} ms → {speed.speedup:.2f}x")
     if speed.speedup < 1:
         console.print(f"[bold red]WARNING: the INT8 model is SLOWER than FP32 here ({line})[/]")
     else:
         console.print(line)
     console.print(f"wrote {result.path}")
+
+
+def float_words(result: QuantResult) -> str:
+    """The nodes kept in float; for decoders, the modules (layers, lm_head) wholly in float
+    by name, then any other nodes."""
+    if not result.float_modules:
+        return ", ".join(result.float_nodes)
+    inside = {n for nodes in result.float_modules.values() for n in nodes}
+    others = [n for n in result.float_nodes if n not in inside]
+    return (f"{len(result.float_nodes)} nodes: all of {', '.join(result.float_modules)}"
+            + (f"; {', '.join(others)}" if others else ""))
 
 
 def cpu_line(result: QuantResult) -> str:
@@ -112,20 +126,23 @@ def cpu_line(result: QuantResult) -> str:
 def candidate_table(result: QuantResult) -> Table:
     """Every INT8 kernel configuration measured for this CPU, the chosen one marked."""
     table = Table(title=f"INT8 kernel candidates: {result.choice}")
-    for column in ("", "kernel", "cosine mean", "cosine min", "SQNR dB", "speedup"):
+    for column in ("", "kernel", *result.accuracy.columns(), "speedup"):
         table.add_column(column, justify="left" if column in ("", "kernel") else "right")
     for c in result.candidates:
-        table.add_row("chosen" if c.chosen else "", c.kernel.label, f"{c.accuracy.cosine_mean:.4f}",
-                      f"{c.accuracy.cosine_min:.4f}", f"{c.accuracy.sqnr_db:.1f}",
+        table.add_row("chosen" if c.chosen else "", c.kernel.label, *c.accuracy.columns().values(),
                       f"{c.speedup:.2f}x" if c.speedup is not None else "-")
     return table
 
 
 def guard_line(result: QuantResult) -> str:
-    """Whether the guard held, on which metric, with the cosine mean and min."""
+    """Whether the guard held, on which metric, with the cosine mean and min (decoders: the
+    next-token agreement and KL)."""
     acc = result.accuracy
-    cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
     guard = result.config.guard
+    if result.decoder:
+        default = " (the default for decoders)" if result.default_guard else ""
+        return f"guard {guard}{default} held: {acc.summary()}"
+    cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
     if guard is None:
         return f"no guard: {cosine}, SQNR {acc.sqnr_db:.1f} dB"
     if guard.metric == "sqnr":
