@@ -11,7 +11,9 @@ every head full; 25% and 50% retrieval heads (the rest sink 64 + recent 256); dy
 the full model. Peers: GenAI fp32 and int4 (built by its model builder from the same weights;
 bench/decode_peers.py) and transformers (sdpa). Then a streaming-only model generates
 --stream-tokens tokens to show its memory stays flat. Writes its section of bench/RESULTS.md,
-the raw results to bench/_work/decode/results.json and a plot to bench/decode_check.png.
+the raw results to bench/_work/decode/results.json and a plot to bench/decode_check.png
+(matplotlib: `pip install -e ".[export,bench]"`). --merge re-measures some contexts and keeps the
+others from the last run.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "decode"
 PLOT = HERE / "decode_check.png"
 SINK, RECENT = 64, 256
-EDGERT_VARIANTS = {  # label -> (retrieval heads, int8)
-    "edgert full": (None, False),
-    "edgert 25% retrieval": (0.25, False),
-    "edgert 50% retrieval": (0.5, False),
-    "edgert full INT8": (None, True),
+EDGERT_VARIANTS = {  # label -> (retrieval heads, INT8 guard or None for FP32)
+    "edgert full": (None, None),
+    "edgert 25% retrieval": (0.25, None),
+    "edgert 50% retrieval": (0.5, None),
+    # quantize's default decoder guard: the most damaging layers stay float until it holds
+    "edgert full INT8 (top1>=0.9)": (None, "top1>=0.9"),
+    # every weight MatMul in INT8, accuracy only reported (like GenAI int4, not guarded)
+    "edgert full INT8 (all)": (None, "top1>=0"),
 }
 PEERS = ("ort-genai-fp32", "ort-genai-int4", "transformers")
 
@@ -43,7 +48,7 @@ def build_edgert_models(model_dir: Path, console) -> dict[str, Path]:
     from edgert.exporters.heads import Transform
 
     paths = {}
-    for label, (retrieval, int8) in EDGERT_VARIANTS.items():
+    for label, (retrieval, guard) in EDGERT_VARIANTS.items():
         name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
         fp32 = WORK / f"edgert-{name}.onnx"
         if not fp32.exists():
@@ -51,13 +56,13 @@ def build_edgert_models(model_dir: Path, console) -> dict[str, Path]:
             transform = None if retrieval is None else Transform(retrieval=retrieval, sink=SINK, recent=RECENT)
             export(str(model_dir), fp32, transform=transform)
         paths[label] = fp32
-        if int8:
-            quantized = WORK / f"edgert-{name}-int8.onnx"
+        if guard:
+            quantized = WORK / f"edgert-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx"
             if not quantized.exists():
-                from edgert.quant.quantize import QuantConfig, quantize_model
+                from edgert.quant.quantize import Guard, QuantConfig, quantize_model
 
                 console.print(f"quantizing {label} …")
-                quantize_model(fp32, quantized, QuantConfig(mode="dynamic"), threads=2)
+                quantize_model(fp32, quantized, QuantConfig(mode="dynamic", guard=Guard.parse(guard)), threads=2)
             paths[label] = quantized
     streaming = WORK / "edgert-streaming.onnx"
     if not streaming.exists():
@@ -164,10 +169,13 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
             targets.append(f"- {context}: 25% retrieval vs full: KV {100 * (1 - quarter['kv_bytes'] / full['kv_bytes']):.0f}% "
                            f"smaller, per-token {_p50(full) / _p50(quarter):.2f}x faster"
                            + (f" ({_p50(genai) / _p50(quarter):.2f}x GenAI fp32)" if genai else ""))
-        int8, int4 = by.get(("edgert full INT8", context)), by.get(("ort-genai-int4", context))
-        if int8 and full:
-            targets.append(f"- {context}: edgert INT8 per-token {_p50(full) / _p50(int8):.2f}x edgert fp32"
-                           + (f", {_p50(int4) / _p50(int8):.2f}x GenAI int4 (above 1 = edgert INT8 faster)" if int4 else ""))
+        int4 = by.get(("ort-genai-int4", context))
+        for label in ("edgert full INT8 (top1>=0.9)", "edgert full INT8 (all)"):
+            int8 = by.get((label, context))
+            if int8 and full:
+                targets.append(f"- {context}: {label} per-token {_p50(full) / _p50(int8):.2f}x edgert fp32"
+                               + (f", {_p50(int4) / _p50(int8):.2f}x GenAI int4 (above 1 = edgert INT8 faster)"
+                                  if int4 else ""))
     if stream:
         rss = stream["rss"]
         warm = [b for i, b in rss if i >= 1000]
@@ -177,6 +185,21 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
                            f"{min(warm) / 2**20:.1f}-{max(warm) / 2**20:.1f} MiB ({spread:.2f}% spread); "
                            f"KV bytes {min(stream['kv_bytes'])}-{max(stream['kv_bytes'])}")
     return "\n".join(lines), targets
+
+
+def int8_accuracy(paths: dict[str, Path]) -> list[str]:
+    """What `quantize` measured for each INT8 variant (from its manifest)."""
+    import edgert
+
+    lines = []
+    for label, (_, guard) in EDGERT_VARIANTS.items():
+        if guard:
+            quant = edgert.load(paths[label]).manifest.extra["quantization"]
+            acc = quant["accuracy"]
+            lines.append(f"- {label}: next-token top-1 agreement with FP32 {acc['top1']:.3f}, KL mean "
+                         f"{acc['kl_mean']:.4f} over {acc['positions']} positions; "
+                         f"{len(quant['float_nodes'])} MatMul nodes kept in float")
+    return lines
 
 
 def plot(results: list[dict], contexts: list[int]) -> None:
@@ -216,6 +239,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stream-tokens", type=int, default=10_000)
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other contexts (and the streaming run, unless --stream-tokens) "
+                             "of the last run's bench/_work/decode/results.json: re-measure some rows")
     parser.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
     args = parser.parse_args()
 
@@ -250,12 +276,20 @@ def main() -> int:
             console.print(f"  prefill {r['prefill_s']:.2f} s, per-token p50 {_p50(r):.2f} ms, "
                           f"KV {r['kv_bytes'] / 2**20:.1f} MiB, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
             results.append(r)
-    stream = None
+    stream, commands = None, []
+    if args.merge and (WORK / "results.json").exists():
+        previous = json.loads((WORK / "results.json").read_text())
+        results = [r for r in previous["results"] if r["context"] not in args.contexts] + results
+        stream = previous.get("stream")
+        commands = previous.get("commands", [])
+        args.contexts = sorted({r["context"] for r in results})
     if args.stream_tokens:
         console.print(f"streaming-only model, {args.stream_tokens} tokens …")
         stream = measure_streaming_memory(paths["streaming"], args.stream_tokens, args.threads)
-    (WORK / "results.json").write_text(json.dumps({"results": results, "stream": stream}))
+    commands.append("python bench/decode_check.py " + " ".join(sys.argv[1:]))
+    (WORK / "results.json").write_text(json.dumps({"results": results, "stream": stream, "commands": commands}))
     table, targets = report(results, stream, args.contexts)
+    targets += int8_accuracy(paths)
     console.print(table)
     console.print("\n".join(targets))
     if args.no_write:
@@ -266,9 +300,10 @@ def main() -> int:
             f"Headwise variants keep sink {SINK} + recent {RECENT} tokens in their streaming heads. "
             "Each row is one fresh process; runtimes alternate within each context.\n\n"
             f"{table}\n\n" + "\n".join(targets) +
-            f"\n\n![KV bytes and per-token latency against context](decode_check.png)\n\n"
-            f"Command: `.venv/bin/python bench/decode_check.py --contexts {' '.join(map(str, args.contexts))} "
-            f"--new-tokens {args.new_tokens} --threads {args.threads} --stream-tokens {args.stream_tokens}`")
+            "\n\n![KV bytes and per-token latency against context](decode_check.png)\n\n"
+            + ("Commands, in order (a later one re-measured the contexts it names): "
+               if len(commands) > 1 else "Command: ")
+            + ", ".join(f"`.venv/bin/{c}`" for c in commands))
     write_section("decode_check", body)
     return 0
 

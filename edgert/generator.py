@@ -32,12 +32,15 @@ class Generator:
     """Generate tokens with a decoder exported by `edgert export`.
 
     device, threads: as for edgert.load. max_length: the longest prompt + generation this
-    generator allows (default and upper bound: the model's own limit).
+    generator allows (default and upper bound: the model's own limit). prefill_chunk: prompt
+    tokens per graph run. options: an onnxruntime.SessionOptions instead of threads (build it
+    with edgert.session.session_options to keep edgert's settings).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 max_length: int | None = None, *, prefill_chunk: int = PREFILL_CHUNK):
-        self.session = Session(path, device=device, threads=threads)
+                 max_length: int | None = None, *, prefill_chunk: int = PREFILL_CHUNK,
+                 options=None):
+        self.session = Session(path, device=device, threads=threads, options=options)
         manifest = self.session.manifest
         if manifest is None or manifest.task != TASK or not manifest.decoder:
             task = manifest.task if manifest else "no edgert manifest"

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 import edgert
-from edgert.errors import EdgertError, SourceError, first_line
+from edgert.errors import EdgertError
 from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
-                                       load_pretrained, read_tokenizer)
+                                       load_config, load_pretrained, read_tokenizer)
 from edgert.kv_cache import (ATTENTION_MASK, INPUT_IDS, PAST_MASK, POSITION_IDS, WINDOW_POSITIONS,
                              CacheLayout)
-from edgert.models.families import FAMILIES
 from edgert.models.zoo import ModelSource
 from edgert.plan import HeadPlan, Manifest
 
@@ -46,16 +45,9 @@ class LoadedDecoder:
 
 def load(source: ModelSource) -> LoadedDecoder:
     """Load a causal LM from a local Hugging Face directory (offline)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(source.directory, local_files_only=True)
-    except Exception as exc:
-        raise SourceError(f"cannot read config of {source.directory}: {first_line(exc)}") from None
-    family = FAMILIES.get(config.model_type)
-    if family is None or family.kind != "decoder":
-        decoders = ", ".join(f.model_type for f in FAMILIES.values() if f.kind == "decoder")
-        raise SourceError(f"model type {config.model_type!r} is not a supported decoder (supported: {decoders})")
+    config = load_config(source, "decoder")
     model = load_pretrained(AutoModelForCausalLM, source)
     max_length, notes = config.max_position_embeddings, []
     window = _sliding_window(config)
@@ -110,7 +102,7 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
     checks = [step_inputs(layout, decoder.vocab_size, batch=b, seq=s, past=c, seed=b + s)
               for b, s, c in ((1, 1, 7), (3, 4, 2), (2, 6, 9))]
     return Prepared(module, input_names, output_names, dynamic, trace, checks, manifest,
-                    decoder.tokenizer_json, notes=decoder.notes)
+                    decoder.tokenizer_json)
 
 
 def _transform_heads(decoder: LoadedDecoder, source: ModelSource, request: ExportRequest,

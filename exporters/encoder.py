@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import edgert
-from edgert.errors import EdgertError, SourceError, first_line
+from edgert.errors import EdgertError
 from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
-                                       load_pretrained, read_tokenizer)
+                                       load_config, load_pretrained, read_tokenizer)
 from edgert.models.families import FAMILIES
 from edgert.models.zoo import ModelSource
 from edgert.plan import HeadPlan, Manifest
@@ -42,16 +42,9 @@ class LoadedEncoder:
 
 def load(source: ModelSource) -> LoadedEncoder:
     """Load `source` with transformers (offline; nothing is downloaded)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    try:
-        config = AutoConfig.from_pretrained(source.directory, local_files_only=True)
-    except Exception as exc:
-        raise SourceError(f"cannot read config of {source.directory}: {first_line(exc)}") from None
-    family = FAMILIES.get(config.model_type)
-    if family is None or family.kind != "encoder":
-        encoders = ", ".join(f.model_type for f in FAMILIES.values() if f.kind == "encoder")
-        raise SourceError(f"model type {config.model_type!r} is not a supported encoder (supported: {encoders})")
+    config = load_config(source, "encoder")
     model = load_pretrained(AutoModel, source)
     uses_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])

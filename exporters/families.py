@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class Prepared:
     manifest: Manifest
     tokenizer_json: str | None = None
     ort_cpu_fusions: bool = False  # whether exporters/optimize.py's fusions apply
-    notes: list[str] = field(default_factory=list)
 
 
 def recipe_for(source: ModelSource):
@@ -73,6 +72,23 @@ def read_config(directory: Path) -> dict:
         raise SourceError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(config, dict):
         raise SourceError(f"{path} is not a JSON object")
+    return config
+
+
+def load_config(source: ModelSource, kind: str):
+    """The transformers config of `source` (offline), refusing families of another kind."""
+    from transformers import AutoConfig
+
+    from edgert.models.families import FAMILIES
+
+    try:
+        config = AutoConfig.from_pretrained(source.directory, local_files_only=True)
+    except Exception as exc:
+        raise SourceError(f"cannot read config of {source.directory}: {first_line(exc)}") from None
+    family = FAMILIES.get(config.model_type)
+    if family is None or family.kind != kind:
+        supported = ", ".join(f.model_type for f in FAMILIES.values() if f.kind == kind)
+        raise SourceError(f"model type {config.model_type!r} is not a supported {kind} (supported: {supported})")
     return config
 
 

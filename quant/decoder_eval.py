@@ -236,11 +236,8 @@ class DecoderEvaluation:
 
 def _timing_generator(path: Path, threads: int | None) -> Generator:
     """A Generator whose idle intra-op threads do not spin: generators that take turns on the
-    same cores would otherwise slow each other down. (Generator takes threads only, so its
-    session is replaced by one with spin=False.)"""
-    generator = Generator(path, threads=threads)
-    generator.session = Session(path, options=session_options(threads, spin=False))
-    return generator
+    same cores would otherwise slow each other down."""
+    return Generator(path, options=session_options(threads, spin=False))
 
 
 def decode_speeds(reference: str | os.PathLike, candidates: Sequence[str | os.PathLike], *,

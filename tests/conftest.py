@@ -123,3 +123,37 @@ def minilm_fe(tmp_path_factory) -> Path:
                      "--json", str(path.with_suffix(".json")))
     assert result.returncode == 0, result.stderr
     return path
+
+
+# The tiny decoders' word-level tokenizer: <unk>, <s>, </s>, then one word per id ("w3" ... "w127").
+TINY_WORDS = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
+
+
+def save_tiny_decoder(directory: Path, family: str = "llama", *, tokenizer: str | None = None, **overrides):
+    """A random-init causal LM (hidden 64, 2 layers, 4 query / 2 kv heads, vocab 128) saved as a
+    Hugging Face directory; initializer_range 0.3 gives clear logit margins, so greedy tokens
+    agree across runtimes. tokenizer: None, "words" (the word-level TINY_WORDS) or "words+bos"
+    (the same, starting every text with <s>). Returns the torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    options = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, initializer_range=0.3)
+    options.update(overrides)
+    config = transformers.AutoConfig.for_model(family, **options)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(directory)
+    if tokenizer:
+        from tokenizers import Tokenizer
+        from tokenizers.models import WordLevel
+        from tokenizers.pre_tokenizers import Whitespace
+        from tokenizers.processors import TemplateProcessing
+
+        words = Tokenizer(WordLevel(TINY_WORDS, unk_token="<unk>"))
+        words.pre_tokenizer = Whitespace()
+        if tokenizer == "words+bos":
+            words.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
+                                             unk_token="<unk>").save_pretrained(directory)
+    return model

@@ -18,20 +18,15 @@ from edgert.exporters.heads import Transform  # noqa: E402
 from edgert.kv_cache import CacheLayout  # noqa: E402
 from edgert.plan import CachePolicy, HeadPlan  # noqa: E402
 
+from conftest import save_tiny_decoder  # noqa: E402
+
 NEW_TOKENS = 64
 
 
 def tiny_decoder(directory, family: str, **overrides):
-    """A random-init causal LM with clear logit margins (initializer_range 0.3)."""
-    torch.manual_seed(0)
-    options = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=512,
-                   initializer_range=0.3, eos_token_id=None, bos_token_id=None, pad_token_id=None)
-    options.update(overrides)
-    config = transformers.AutoConfig.for_model(family, **options)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    model.save_pretrained(directory)
-    return model
+    """The conftest tiny decoder without special tokens, so transformers' generate never stops early."""
+    return save_tiny_decoder(directory, family, eos_token_id=None, bos_token_id=None, pad_token_id=None,
+                             **overrides)
 
 
 def prompts(batch: int, vocab: int = 128) -> list[list[int]]:
@@ -298,3 +293,14 @@ def test_layer_cache_attention_equals_masked_attention():
         logits = step(ids, positions, mask, past_mask, *caches)[0]
         expected = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
     assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_sliding_window_caps_the_length(tmp_path):
+    """Beyond Mistral's sliding window its full heads would attend further than the model does;
+    the export caps max_length there and says so."""
+    tiny_decoder(tmp_path / "hf", "mistral", sliding_window=100)
+    result = export(str(tmp_path / "hf"), tmp_path / "m.onnx")
+    assert result.manifest.decoder["max_length"] == 100
+    assert "sliding window (100)" in result.manifest.extra["notes"][0]
+    with pytest.raises(EdgertError, match="exceeds the limit of 100"):
+        edgert.Generator(tmp_path / "m.onnx").generate(list(range(90)), 20)

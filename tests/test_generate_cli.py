@@ -15,7 +15,7 @@ from edgert import CacheLayout, EdgertError, Generator
 from edgert.cli import cli
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
-from conftest import make_embedding_model, run_cli
+from conftest import make_embedding_model, run_cli, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -23,27 +23,10 @@ transformers = pytest.importorskip("transformers")
 PROMPT = [5, 6, 7]
 SUMMARY = re.compile(r"prompt (\d+) tokens, (\d+) new(?: \(stopped at id \d+\))?; first token [\d.]+ ms"
                      r"(?:, then [\d.]+ tokens/s)?; KV cache (.+)")
-# The tiny tokenizer: <unk>, <s>, </s> then one word per id ("w3" ... "w127"); <s> starts every text.
-WORDS = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
 
 
 def save_tiny_llama(directory, *, tokenizer: bool) -> None:
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(
-        "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, initializer_range=0.3)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    if tokenizer:
-        from tokenizers import Tokenizer
-        from tokenizers.models import WordLevel
-        from tokenizers.pre_tokenizers import Whitespace
-        from tokenizers.processors import TemplateProcessing
-
-        words = Tokenizer(WordLevel(WORDS, unk_token="<unk>"))
-        words.pre_tokenizer = Whitespace()
-        words.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-        transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
-                                             unk_token="<unk>").save_pretrained(directory)
+    save_tiny_decoder(directory, tokenizer="words+bos" if tokenizer else None)
 
 
 @pytest.fixture(scope="module")

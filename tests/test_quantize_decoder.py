@@ -21,7 +21,7 @@ from edgert.quant.outliers import producer_scope
 from edgert.quant.quantize import U8S8, U8S8_REDUCED, U8U8, Guard, QuantConfig, QuantizeError, quantize_model
 from edgert.session import Session
 
-from conftest import make_tiny_model, run_cli
+from conftest import make_tiny_model, run_cli, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -30,25 +30,10 @@ INTEGER_MATMULS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFlo
 PROJECTIONS_PER_LAYER = 7  # q, k, v, o, gate, up, down
 PROJECTIONS = 2 * PROJECTIONS_PER_LAYER + 1  # two layers and the lm_head
 ANY_GUARD = Guard("top1", 0.0)  # met by every model: measures without a float fallback
-# The tiny tokenizer: <unk>, <s>, </s> then one word per id ("w3" ... "w127").
-WORDS = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
 
 
 def save_tiny_llama(directory, *, tokenizer: bool) -> None:
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(
-        "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, initializer_range=0.3)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    if tokenizer:
-        from tokenizers import Tokenizer
-        from tokenizers.models import WordLevel
-        from tokenizers.pre_tokenizers import Whitespace
-
-        words = Tokenizer(WordLevel(WORDS, unk_token="<unk>"))
-        words.pre_tokenizer = Whitespace()
-        transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
-                                             unk_token="<unk>").save_pretrained(directory)
+    save_tiny_decoder(directory, tokenizer="words" if tokenizer else None)
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,8 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
         out.print(plan_table(plan))
     if result.manifest.decoder:
         out.print(cache_line(result.manifest.decoder), soft_wrap=True, markup=False, highlight=False)
+    for note in result.manifest.extra.get("notes") or []:
+        out.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
     for line in optimization_lines(result.manifest.extra):
         out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "

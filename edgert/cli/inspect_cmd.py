@@ -69,10 +69,18 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
                       f"target {cfg['target']}), {len(quant['float_nodes'])} nodes kept in float")
         if _isa_words(quant):
             console.print(f"  {_isa_words(quant)}")
-        console.print(f"  cosine to FP32 mean {acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, "
-                      f"SQNR {acc['sqnr_db']:.1f} dB")
-        console.print(f"  {quant['speedup']:.2f}x FP32 at batch {quant['timed_at']['batch']}, "
-                      f"seq {quant['timed_at']['seq']}")
+        if "top1" in acc:  # a decoder: next-token agreement with FP32
+            console.print(f"  next-token top-1 agreement {acc['top1']:.4f}, KL mean {acc['kl_mean']:.4f} "
+                          f"(max {acc['kl_max']:.4f}) over {acc['positions']} positions")
+        else:
+            console.print(f"  cosine to FP32 mean {acc['cosine_mean']:.4f} / min {acc['cosine_min']:.4f}, "
+                          f"SQNR {acc['sqnr_db']:.1f} dB")
+        timed = quant["timed_at"]
+        if "context" in timed:
+            console.print(f"  {quant['speedup']:.2f}x FP32 per decoded token at context {timed['context']} "
+                          f"({timed['new_tokens']} new tokens)")
+        else:
+            console.print(f"  {quant['speedup']:.2f}x FP32 at batch {timed['batch']}, seq {timed['seq']}")
         fused = ", ".join(f"{n} {op}" for op, n in (quant.get("fused") or {}).items() if n)
         if fused:
             console.print(f"  fused by quantize: {fused}")
