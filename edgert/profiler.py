@@ -198,6 +198,17 @@ def _open(path: str, config: BenchConfig) -> tuple[Session, dict, float]:
     return session, feeds, session_s
 
 
+def _checked_run(paths: Sequence[str], config, config_type: type, progress) -> list[str]:
+    """The model paths of a bench run, after checking its config and progress callback."""
+    paths = _model_paths(paths)
+    if not isinstance(config, config_type):
+        raise EdgertError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    if progress is not None and not callable(progress):
+        raise EdgertError(f"progress must be callable, got {type(progress).__name__}")
+    config.check()
+    return paths
+
+
 def bench_models(paths: Sequence[str], config: BenchConfig, *,
                  progress: Progress | None = None) -> BenchReport:
     """Time each model alone, then (with several models) all of them interleaved in blocks.
@@ -205,12 +216,7 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
     `progress` is called with the number of iterations just finished; the total is
     total_iterations(len(paths), config).
     """
-    paths = _model_paths(paths)
-    if not isinstance(config, BenchConfig):
-        raise EdgertError(f"config must be a BenchConfig, got {type(config).__name__}")
-    if progress is not None and not callable(progress):
-        raise EdgertError(f"progress must be callable, got {type(progress).__name__}")
-    config.check()
+    paths = _checked_run(paths, config, BenchConfig, progress)
     results, devices = [], set()
     for path in paths:
         gc.collect()
@@ -470,12 +476,7 @@ def bench_decode(paths: Sequence[str], config: DecodeConfig, *,
     `progress` is called with 1 after each generation run; the total is
     total_decode_runs(len(paths), config).
     """
-    paths = _model_paths(paths)
-    if not isinstance(config, DecodeConfig):
-        raise EdgertError(f"config must be a DecodeConfig, got {type(config).__name__}")
-    if progress is not None and not callable(progress):
-        raise EdgertError(f"progress must be callable, got {type(progress).__name__}")
-    config.check()
+    paths = _checked_run(paths, config, DecodeConfig, progress)
     devices = set()
     for path in paths:  # a model that is no decoder, or too short for context + new_tokens, fails now
         generator, _ = _open_generator(path, config)

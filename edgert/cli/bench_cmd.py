@@ -119,14 +119,9 @@ def _tables(report) -> list[Table]:
                           f"threads {config.threads or 'default'}, {config.iters} iters, {mode}")
     facts = Table(title="throughput, peak memory, start-up"
                   + ("; speedup = p50 of #1 / p50" if report.interleaved else ""))
-    for table, columns in ((latency, ("mean", "p50", "p90", "p95", "p99", "max", "std")),
-                           (facts, ("inf/s", "items/s", "RSS MB", "load s", "first ms"))):
-        table.add_column("#", justify="right")
-        table.add_column("model", overflow="fold", min_width=8)
-        for column in columns:
-            table.add_column(column, justify="right", no_wrap=True)
-    if report.interleaved:
-        facts.add_column("speedup", justify="right", no_wrap=True)
+    _add_columns(latency, ("mean", "p50", "p90", "p95", "p99", "max", "std"))
+    _add_columns(facts, ("inf/s", "items/s", "RSS MB", "load s", "first ms")
+                 + (("speedup",) if report.interleaved else ()))
     for index, r in enumerate(report.models, 1):
         lat = r.latency_ms
         name = escape(Path(r.path).name)
@@ -142,6 +137,14 @@ def _tables(report) -> list[Table]:
     return [latency, facts]
 
 
+def _add_columns(table: Table, numbers: tuple[str, ...]) -> None:
+    """#, model, then right-aligned number columns."""
+    table.add_column("#", justify="right")
+    table.add_column("model", overflow="fold", min_width=8)
+    for column in numbers:
+        table.add_column(column, justify="right", no_wrap=True)
+
+
 def _decode_tables(report) -> list[Table]:
     """Prefill and per-token latency in one table, throughput and memory in a second; both
     fit 80 columns like _tables."""
@@ -152,14 +155,8 @@ def _decode_tables(report) -> list[Table]:
                           f"{config.iters} runs, {mode}")
     facts = Table(title="tokens/s, KV cache, peak memory, start-up"
                   + ("; speedup = decode p50 of #1 / p50" if report.interleaved else ""))
-    for table, columns in ((latency, ("prefill", "mean", "p50", "p90", "p99", "max")),
-                           (facts, ("tok/s", "KV cache", "RSS MB", "load s"))):
-        table.add_column("#", justify="right")
-        table.add_column("model", overflow="fold", min_width=8)
-        for column in columns:
-            table.add_column(column, justify="right", no_wrap=True)
-    if report.interleaved:
-        facts.add_column("speedup", justify="right", no_wrap=True)
+    _add_columns(latency, ("prefill", "mean", "p50", "p90", "p99", "max"))
+    _add_columns(facts, ("tok/s", "KV cache", "RSS MB", "load s") + (("speedup",) if report.interleaved else ()))
     latency.caption = "prefill = time to first token (median run); the rest: ms between tokens"
     for index, r in enumerate(report.models, 1):
         lat = r.decode_ms
