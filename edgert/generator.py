@@ -132,10 +132,10 @@ class Generator:
         if longest + max_new_tokens > self.max_length:
             raise InputError(f"prompt ({_tokens(longest)}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"the limit of {self.max_length} tokens")
-        self._check_memory(len(prompts), longest + max_new_tokens)
         pick = _sampler(temperature, top_k, top_p, seed)
         stop_ids = set(self.eos_token_ids if stop is None else _token_list(stop, "stop"))
-        return self._decode(prompts, max_new_tokens, pick, stop_ids, single)
+        cache = self._new_cache(len(prompts), longest + max_new_tokens)
+        return self._decode(cache, prompts, max_new_tokens, pick, stop_ids, single)
 
     def next_token_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits [len(continuation) + 1, vocab]: row i is what the model
@@ -148,8 +148,7 @@ class Generator:
                              f"the limit of {self.max_length} tokens")
         if continuation:
             self._check_prompts([continuation])  # ids inside the vocabulary
-        self._cache = None
-        self._cache = cache = KVCache(self.layout, 1, len(prompt) + len(continuation))
+        cache = self._new_cache(1, len(prompt) + len(continuation))
         ids = np.asarray([prompt], np.int64)
         positions = np.arange(len(prompt), dtype=np.int64)[None]
         rows = [self._prefill(cache, ids, positions, np.ones_like(ids))[0]]
@@ -160,8 +159,8 @@ class Generator:
             rows.append(logits[0])
         return np.stack(rows)
 
-    def _decode(self, prompts: list[list[int]], max_new_tokens: int, pick, stop_ids: set[int],
-                single: bool) -> Iterator:
+    def _decode(self, cache: KVCache, prompts: list[list[int]], max_new_tokens: int, pick,
+                stop_ids: set[int], single: bool) -> Iterator:
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = np.zeros((batch, longest), np.int64)
         mask = np.zeros((batch, longest), np.int64)
@@ -169,8 +168,6 @@ class Generator:
             ids[b, longest - len(prompt):] = prompt
             mask[b, longest - len(prompt):] = 1
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        self._cache = None  # free the previous generation's buffers before allocating
-        self._cache = cache = KVCache(self.layout, batch, longest + max_new_tokens)
         logits = self._prefill(cache, ids, positions, mask)
         next_position = positions[:, -1] + 1
         done = np.zeros(batch, bool)
@@ -202,13 +199,17 @@ class Generator:
         cache.append(outputs, positions, mask)
         return outputs[LOGITS]
 
-    def _check_memory(self, batch: int, capacity: int) -> None:
-        """Refuse a cache that cannot fit in the memory available now (it is allocated up front)."""
+    def _new_cache(self, batch: int, capacity: int) -> KVCache:
+        """Free the last call's cache, then allocate one for `batch` x `capacity` tokens, or
+        InputError when it cannot fit in the memory available now (it is allocated up front)."""
+        self._cache = None
         needed = self.layout.cache_bytes(batch, capacity)
         available = available_memory_bytes()
         if available is not None and needed > available:
             raise InputError(f"the KV cache for {batch} x {capacity} tokens needs {needed / 2**30:.1f} GiB; "
                              f"{available / 2**30:.1f} GiB of memory is available")
+        self._cache = KVCache(self.layout, batch, capacity)
+        return self._cache
 
     def _check_prompts(self, prompts: object) -> list[list[int]]:
         if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)) or not prompts:

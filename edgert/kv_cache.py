@@ -170,12 +170,7 @@ class KVCache:
         if end > self.capacity:
             raise ValueError(f"KV cache full: {end} slots needed, {self.capacity} allocated")
         self.past_mask[:, start:end] = token_mask
-        sink, recent = self.layout.sink, self.layout.recent
-        slots = None
-        if any(self.layout.streaming):
-            # Only the last `recent` tokens of a chunk (and any sinks) survive in the window.
-            slots = np.where(positions < sink, positions, sink + (positions - sink) % max(recent, 1))
-            keep = (token_mask > 0) & ((positions < sink) | (positions >= positions.max(axis=1, keepdims=True) - recent + 1))
+        window_writes = self._window_writes(positions, token_mask) if any(self.layout.streaming) else []
         for i, (retrieval, streaming) in enumerate(zip(self.retrieval, self.streaming)):
             if not (retrieval or streaming):
                 continue
@@ -185,15 +180,25 @@ class KVCache:
                 retrieval[0][:, :, start:end] = keys[:, :r]
                 retrieval[1][:, :, start:end] = values[:, :r]
             if streaming:
-                for b in range(self.batch):
-                    columns = np.flatnonzero(keep[b])
-                    streaming[0][b][:, slots[b, columns]] = keys[b, r:][:, columns]
-                    streaming[1][b][:, slots[b, columns]] = values[b, r:][:, columns]
-        if slots is not None:
-            for b in range(self.batch):
-                columns = np.flatnonzero(keep[b])
-                self.window_positions[b, slots[b, columns]] = positions[b, columns]
+                for b, columns, slots in window_writes:
+                    streaming[0][b][:, slots] = keys[b, r:][:, columns]
+                    streaming[1][b][:, slots] = values[b, r:][:, columns]
+        for b, columns, slots in window_writes:
+            self.window_positions[b, slots] = positions[b, columns]
         self.length = end
+
+    def _window_writes(self, positions: np.ndarray, token_mask: np.ndarray) -> list[tuple]:
+        """Per batch row, (row, new-token columns, window slots) of the tokens that survive in the
+        streaming window: the sinks and the last `recent` real tokens of the step (rows differ
+        where left padding shifts their positions). The same for every layer."""
+        sink, recent = self.layout.sink, self.layout.recent
+        slots = np.where(positions < sink, positions, sink + (positions - sink) % recent)
+        keep = (token_mask > 0) & ((positions < sink) | (positions >= positions.max(axis=1, keepdims=True) - recent + 1))
+        writes = []
+        for b in range(self.batch):
+            columns = np.flatnonzero(keep[b])
+            writes.append((b, columns, slots[b, columns]))
+        return writes
 
     def reset(self) -> None:
         """Forget every token (the buffers stay allocated)."""

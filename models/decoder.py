@@ -29,8 +29,11 @@ def retrieval_first(attention: HeadAttention, layer: LayerPlan) -> LayerPlan:
     new_kv = {old: new for new, old in enumerate(kv_order)}
     q_order = sorted(range(len(layer.kept_heads)), key=lambda j: (new_kv[layer.kv_heads[j]], j))
 
+    def head_index(order: list[int]) -> torch.Tensor:  # the rows (or columns) of heads `order`
+        return torch.cat([torch.arange(h * d, (h + 1) * d) for h in order]) if order else torch.arange(0)
+
     def rows(linear: nn.Linear, order: list[int]) -> None:
-        index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in order]) if order else torch.arange(0)
+        index = head_index(order)
         linear.weight.data = linear.weight.data[index].clone()
         if linear.bias is not None:
             linear.bias.data = linear.bias.data[index].clone()
@@ -38,9 +41,7 @@ def retrieval_first(attention: HeadAttention, layer: LayerPlan) -> LayerPlan:
     rows(attention.k_proj, kv_order)
     rows(attention.v_proj, kv_order)
     rows(attention.q_proj, q_order)
-    if q_order:
-        index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in q_order])
-        attention.o_proj.weight.data = attention.o_proj.weight.data[:, index].clone()
+    attention.o_proj.weight.data = attention.o_proj.weight.data[:, head_index(q_order)].clone()
     if attention.gate_weight is not None:
         attention.gate_weight.data = attention.gate_weight.data[q_order].clone()
         attention.gate_bias.data = attention.gate_bias.data[q_order].clone()

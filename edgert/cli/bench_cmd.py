@@ -127,14 +127,24 @@ def _tables(report) -> list[Table]:
         name = escape(Path(r.path).name)
         latency.add_row(str(index), name, *(f"{v:.2f}" for v in
                                             (lat.mean, lat.p50, lat.p90, lat.p95, lat.p99, lat.max, lat.std)))
-        row = [str(index), name, f"{r.throughput_per_s:.1f}", f"{r.items_per_s:.1f}",
-               f"{r.peak_rss_mb:.0f}", f"{r.session_s:.2f}", f"{r.first_ms:.1f}"]
-        if report.interleaved:
-            row.append(f"{r.speedup_vs_first:.2f}x" + ("" if r.alone_agrees else " (!)"))
-        facts.add_row(*row)
-    if not all(r.alone_agrees for r in report.models):
-        facts.caption = "(!) alone and interleaved medians disagree: see the warning below"
+        facts.add_row(str(index), name, f"{r.throughput_per_s:.1f}", f"{r.items_per_s:.1f}",
+                      f"{r.peak_rss_mb:.0f}", f"{r.session_s:.2f}", f"{r.first_ms:.1f}",
+                      *_speedup_cell(r, report.interleaved))
+    _caption_disagreement(facts, report.models)
     return [latency, facts]
+
+
+def _speedup_cell(result, interleaved: bool) -> tuple[str, ...]:
+    """The speedup column's cell (none when models were timed alone); (!) when the model's
+    alone and interleaved medians disagree."""
+    if not interleaved:
+        return ()
+    return (f"{result.speedup_vs_first:.2f}x" + ("" if result.alone_agrees else " (!)"),)
+
+
+def _caption_disagreement(facts: Table, results) -> None:
+    if not all(r.alone_agrees for r in results):
+        facts.caption = "(!) alone and interleaved medians disagree: see the warning below"
 
 
 def _add_columns(table: Table, numbers: tuple[str, ...]) -> None:
@@ -163,13 +173,9 @@ def _decode_tables(report) -> list[Table]:
         name = escape(Path(r.path).name)
         latency.add_row(str(index), name, *(f"{v:.2f}" for v in
                                             (r.prefill_ms.p50, lat.mean, lat.p50, lat.p90, lat.p99, lat.max)))
-        row = [str(index), name, f"{r.tokens_per_s:.1f}", format_bytes(r.kv_bytes),
-               f"{r.peak_rss_mb:.0f}", f"{r.session_s:.2f}"]
-        if report.interleaved:
-            row.append(f"{r.speedup_vs_first:.2f}x" + ("" if r.alone_agrees else " (!)"))
-        facts.add_row(*row)
-    if not all(r.alone_agrees for r in report.models):
-        facts.caption = "(!) alone and interleaved medians disagree: see the warning below"
+        facts.add_row(str(index), name, f"{r.tokens_per_s:.1f}", format_bytes(r.kv_bytes),
+                      f"{r.peak_rss_mb:.0f}", f"{r.session_s:.2f}", *_speedup_cell(r, report.interleaved))
+    _caption_disagreement(facts, report.models)
     return [latency, facts]
 
 
