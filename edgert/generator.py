@@ -66,12 +66,13 @@ class Generator:
     def has_tokenizer(self) -> bool:
         return TOKENIZER_KEY in self.session.metadata
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` by the model's own tokenizer (never truncated)."""
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text` by the model's own tokenizer (never truncated); with
+        add_special_tokens, the ids the tokenizer adds around a whole text (e.g. BOS) too."""
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
         try:
-            return self._codec().encode(text).ids
+            return self._codec().encode(text, add_special_tokens=add_special_tokens).ids
         except EdgertError:
             raise
         except Exception as exc:  # e.g. lone surrogates the Rust side cannot encode

@@ -325,15 +325,7 @@ class HeadPlan:
         if (isinstance(retrieval_fraction, bool) or not isinstance(retrieval_fraction, numbers.Real)
                 or not 0 <= retrieval_fraction <= 1):
             raise PlanError("retrieval_fraction must be a number in [0, 1]")
-        text = _read_text(path, "pattern file")
-        try:
-            rows = [[float(v) for v in line.split("\t")] for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
-            raise PlanError(f"{shown_path(path)}: not a tab-separated table of floats ({exc})") from None
-        if not rows or len({len(r) for r in rows}) != 1:
-            raise PlanError(f"{shown_path(path)}: rows must be non-empty and of equal length")
-        if not all(math.isfinite(v) for r in rows for v in r):
-            raise PlanError(f"{shown_path(path)}: gates must be finite numbers")
+        rows = read_gate_table(path)
         num_kv = len(rows[0])
         if num_heads % num_kv:
             raise PlanError(f"{shown_path(path)}: {num_kv} kv heads do not divide {num_heads} query heads")
@@ -347,6 +339,23 @@ class HeadPlan:
                            for g in row]
             layers.append(layer)
         return cls(layers).check()
+
+
+def read_gate_table(path: str | Path) -> list[list[float]]:
+    """The rows of a DuoAttention `full_attention_heads.tsv` (one row per layer, one
+    tab-separated value per kv head); PlanError unless it is a non-empty, rectangular
+    table of finite numbers."""
+    path = path_argument(path, "pattern path", PlanError)
+    text = _read_text(path, "pattern file")
+    try:
+        rows = [[float(v) for v in line.split("\t")] for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise PlanError(f"{shown_path(path)}: not a tab-separated table of floats ({exc})") from None
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise PlanError(f"{shown_path(path)}: rows must be non-empty and of equal length")
+    if not all(math.isfinite(v) for r in rows for v in r):
+        raise PlanError(f"{shown_path(path)}: gates must be finite numbers")
+    return rows
 
 
 @dataclass

@@ -41,6 +41,12 @@ def minilm() -> Path:
     return Path(get_model_path())
 
 
+@register_model("tiny-lm", "edgert's own tiny LM (Llama, 4 layers x 8 query / 4 kv heads, hidden 256, "
+                "word-level tokenizer), trained on passkey prompts by scripts/train_tiny_lm.py", "text-generation")
+def tiny_lm() -> Path:
+    return Path(__file__).parent / "weights" / "tiny-lm"
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved source: a local Hugging Face model directory and how it was named."""

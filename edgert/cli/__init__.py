@@ -24,7 +24,8 @@ COMMANDS = {
     "generate": ("edgert.cli.generate_cmd", "Generate tokens with an exported decoder (KV cache)."),
     "bench": ("edgert.cli.bench_cmd", "Profile latency, throughput and memory of models side by side."),
     "inspect": ("edgert.cli.inspect_cmd", "Show a model's signature, ops, parameters and manifest."),
-    "analyze": ("edgert.cli.analyze_cmd", "Analyze activations (outliers) before quantizing."),
+    "analyze": ("edgert.cli.analyze_cmd", "Analyze activations (outliers) or kv heads (retrieval/streaming)."),
+    "eval": ("edgert.cli.eval_cmd", "Evaluate an exported model's accuracy (passkey retrieval)."),
 }
 
 

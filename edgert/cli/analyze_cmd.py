@@ -1,4 +1,4 @@
-"""edgert analyze outliers MODEL --calib PATH"""
+"""edgert analyze outliers MODEL --calib PATH · edgert analyze kv-heads SOURCE --method ..."""
 
 from __future__ import annotations
 
@@ -150,4 +150,102 @@ def _scores_table(scores, plan, title: str) -> Table:
     for i, (row, layer) in enumerate(zip(scores, plan.layers)):
         cells = [("" if h in layer.kept_heads else "-") + f"{100 * v:.0f}" for h, v in enumerate(row)]
         table.add_row(str(i), *cells)
+    return table
+
+
+@command.command("kv-heads")
+@click.argument("source")
+@click.option("--method", type=click.Choice(["pattern", "razor", "duo"]), required=True,
+              help="pattern: read DuoAttention gates from --patterns; razor: RazorAttention echo and "
+                   "induction scores on repeated random tokens (no training); duo: train DuoAttention "
+                   "gates on passkey prompts (the model stays frozen).")
+@click.option("--retrieval-ratio", type=float, default=None,
+              help="Fraction of all kv heads that keep a full cache, best scores first [default: 0.25].")
+@click.option("--threshold", type=float, default=None,
+              help="Instead of a ratio: every kv head scoring at least this keeps a full cache.")
+@click.option("--sink", type=int, default=64, show_default=True, help="First tokens a streaming head keeps.")
+@click.option("--recent", type=int, default=256, show_default=True, help="Latest tokens a streaming head keeps.")
+@click.option("--patterns", default=None, type=click.Path(dir_okay=False),
+              help="pattern: a full_attention_heads.tsv (one row per layer, one value per kv head).")
+@click.option("--length", type=int, default=256, show_default=True, help="razor: random tokens per repeat.")
+@click.option("--repeats", type=int, default=4, show_default=True, help="razor: times the tokens repeat.")
+@click.option("--echo-heads", type=int, default=0, show_default=True,
+              help="razor: the best echo heads that join the retrieval heads first (RazorAttention "
+                   "keeps about 1%% of all heads for echo).")
+@click.option("--seed", type=int, default=0, show_default=True, help="razor/duo: seed of the random data.")
+@click.option("--steps", type=int, default=100, show_default=True, help="duo: optimisation steps.")
+@click.option("--context", type=int, default=512, show_default=True, help="duo: passkey prompt length in tokens.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="duo: prompts per step.")
+@click.option("--lr", "learning_rate", type=float, default=0.02, show_default=True, help="duo: Adam learning rate.")
+@click.option("--l1", type=float, default=0.05, show_default=True, help="duo: weight of the gates' L1 penalty.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The HeadPlan JSON to write.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the raw scores (and duo's training history) as JSON.")
+@click.option("--save-pattern", type=click.Path(dir_okay=False), default=None,
+              help="Write the ranking scores as a full_attention_heads.tsv (DuoAttention's format).")
+def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold: float | None, sink: int,
+             recent: int, patterns: str | None, length: int, repeats: int, echo_heads: int, seed: int,
+             steps: int, context: int, batch_size: int, learning_rate: float, l1: float, output: str,
+             json_path: str | None, save_pattern: str | None) -> None:
+    """Choose the retrieval heads (full KV cache) and streaming heads (sink + recent tokens)
+    of a decoder; writes a HeadPlan for `edgert export --plan`. SOURCE: a built-in name
+    (e.g. tiny-lm) or a Hugging Face model directory."""
+    from edgert._io import check_outputs
+    from edgert.cli.progress import counted
+    from edgert.errors import PlanError
+    from edgert.exporters import kv_heads as kv
+    from edgert.exporters.families import quiet_libraries
+    from edgert.models.zoo import resolve_source
+    from edgert.plan import CachePolicy
+
+    if retrieval_ratio is not None and threshold is not None:
+        raise PlanError("give --retrieval-ratio or --threshold, not both")
+    if retrieval_ratio is None and threshold is None:
+        retrieval_ratio = 0.25
+    if retrieval_ratio is not None and not 0 <= retrieval_ratio <= 1:
+        raise PlanError(f"--retrieval-ratio must lie in [0, 1], got {retrieval_ratio:g}")
+    if sink + recent <= 0:
+        raise PlanError(f"streaming heads need sink + recent > 0, got {sink} + {recent}")
+    CachePolicy("window", sink, recent).check("--sink/--recent")
+    check_outputs([output, json_path, save_pattern], inputs=[p for p in (patterns,) if p])
+    resolved = resolve_source(source)
+    options = kv.AnalyzeOptions(method, sink, recent, patterns, length, repeats, echo_heads, seed, steps,
+                                context, batch_size, learning_rate, l1)
+    identity, max_length = kv.model_limits(resolved)
+    options.check(max_length)
+    if method != "pattern":
+        quiet_libraries()
+    units = len(identity.layers) if method == "razor" else steps if method == "duo" else 1
+    with counted(f"analyze kv-heads ({method})", units) as advance:
+        scores = kv.score_heads(resolved, options, progress=lambda: advance(1))
+    plan = kv.choose_heads(identity, scores, ratio=retrieval_ratio, threshold=threshold, sink=sink, recent=recent)
+    Console().print(kv_head_table(scores, plan))
+    plan.save(output)
+    if json_path:
+        from edgert._io import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(scores.to_dict(), indent=1))
+    if save_pattern:
+        kv.write_pattern(save_pattern, scores.scores)
+    total = sum(layer.num_kv_heads for layer in plan.layers)
+    click.echo(f"{plan.retrieval_heads} of {total} kv heads keep a full cache, the others sink {sink} + "
+               f"recent {recent}; {method} took {scores.seconds:.2f} s -> {output}")
+
+
+def kv_head_table(scores, plan) -> Table:
+    """One row per layer: each kv head's score(s), retrieval heads marked with *."""
+    tables = {name: t for name, t in scores.tables.items() if name != "scores"}
+    table = Table(title=f"kv heads by {scores.method} score (* = retrieval: full cache)")
+    table.add_column("layer", justify="right")
+    num_kv = len(scores.scores[0])
+    for k in range(num_kv):
+        table.add_column(f"kv {k}", justify="right")
+    shown = "/".join(tables) if len(tables) > 1 else next(iter(tables), "score")
+    for i, layer in enumerate(plan.layers):
+        cells = []
+        for k in range(num_kv):
+            values = "/".join(f"{t[i][k]:.2f}" for t in tables.values()) if tables else f"{scores.scores[i][k]:.2f}"
+            cells.append(("*" if layer.cache[k].kind == "full" else "") + values)
+        table.add_row(str(i), *cells)
+    table.caption = f"cells: {shown}"
     return table
