@@ -208,7 +208,8 @@ def duo_gates(model, batches: Callable[[], tuple[object, object]], *, sink: int,
     config = model.config
     kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     gates = torch.ones(config.num_hidden_layers, kv, requires_grad=True)
-    for p in model.parameters():
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # the model stays frozen: only the gates learn
         p.requires_grad_(False)
     masks: dict[str, object] = {}
 
@@ -224,7 +225,7 @@ def duo_gates(model, batches: Callable[[], tuple[object, object]], *, sink: int,
     optimizer = torch.optim.Adam([gates], lr=learning_rate)
     history = []
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    with attention_function(model, mixed):
+    with attention_function(model, mixed), _restore_grad(trainable):
         for step in range(steps):
             ids, supervised = batches()
             masks["causal"], masks["window"] = visible(ids.shape[1]), visible(ids.shape[1], sink, recent)
@@ -249,6 +250,15 @@ def duo_gates(model, batches: Callable[[], tuple[object, object]], *, sink: int,
     return HeadScores("duo", table, {"gates": table}, time.perf_counter() - start,
                       {"sink": sink, "recent": recent, "steps": steps, "learning_rate": learning_rate,
                        "l1": l1}, history)
+
+
+@contextmanager
+def _restore_grad(parameters: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
 
 
 def passkey_batches(tokenizer, *, context: int, batch_size: int, seed: int) -> Callable[[], tuple]:
