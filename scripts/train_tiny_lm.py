@@ -1,8 +1,9 @@
 """Train edgert's tiny LM (models/tiny_lm.py) and save it as a Hugging Face Llama directory.
 
-    python scripts/train_tiny_lm.py models/tiny_lm_weights   # the committed weights: ~20 min, 2 cores
+    .venv/bin/python scripts/train_tiny_lm.py models/weights/tiny-lm   # the committed weights: ~8 min, 2 cores
 
-Seeded: the same torch build and thread count give the same weights.
+Seeded: the same torch build and thread count give the same weights (a second run here
+gave a bit-identical model.safetensors).
 """
 
 from __future__ import annotations
