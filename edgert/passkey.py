@@ -60,6 +60,11 @@ def passkey_prompt(count_tokens: Callable[[str], int], context: int, depth: floa
     fixed = [INSTRUCTION, key_sentence(key), QUESTION]
     used = sum(count_tokens(part) for part in fixed)
     sizes = {s: count_tokens(s) for s in FILLER}
+    if min(sizes.values()) < 1:  # else the filler loop below would never fill the context
+        from edgert.errors import InputError
+
+        raise InputError("the model's tokenizer turns the passkey filler text into no tokens; "
+                         "the passkey test needs a tokenizer for English text")
     filler: list[str] = []
     while True:
         sentence = FILLER[int(rng.integers(len(FILLER)))]

@@ -234,3 +234,30 @@ def test_cli_refuses_an_encoder(tmp_path):
     result = _run("analyze", "kv-heads", "minilm", "--method", "razor", "-o", tmp_path / "plan.json")
     assert result.exit_code == 2 and "not a supported decoder" in result.output
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_a_tokenizer_that_drops_the_filler_is_an_error_not_a_hang():
+    from edgert.errors import InputError
+
+    with pytest.raises(InputError, match="no tokens"):
+        passkey_prompt(lambda text: 0, 100, 0.5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_razor_and_duo_run_other_families(tmp_path, family):
+    from conftest import save_tiny_decoder
+
+    from edgert.exporters.kv_heads import attend, attention_function, duo_gates, razor_scores, visible
+
+    model = save_tiny_decoder(tmp_path / family, family)
+    ids = torch.randint(3, 128, (1, 24))
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        with attention_function(model, lambda m, q, k, v: attend(m, q, k, v, visible(24))[1].transpose(1, 2)):
+            got = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert np.array(razor_scores(model, length=8, repeats=2).scores).shape == (2, 2)
+    supervised = torch.zeros(2, 24, dtype=torch.bool)
+    supervised[:, -4:] = True
+    gates = duo_gates(model, lambda: (torch.randint(3, 128, (2, 24)), supervised), sink=2, recent=4, steps=2)
+    assert np.array(gates.scores).shape == (2, 2)
