@@ -60,32 +60,23 @@ def score(args) -> dict[str, dict]:
     return results
 
 
-def plans(args, scored: dict[str, dict]) -> dict[str, Path]:
+def plans(args, scored: dict[str, dict], identity) -> dict[str, Path]:
     """Every plan to evaluate that does not depend on the context: label -> plan JSON."""
-    from edgert.exporters.kv_heads import model_limits
-    from edgert.models.zoo import resolve_source
-
-    identity, _ = model_limits(resolve_source("tiny-lm"))
     paths = {"all full": WORK / "plan-full.json"}
     identity.save(paths["all full"])
     for method in ("razor", "duo", "pattern"):
         paths[f"headwise {method}"] = scored[method]["plan"]
-    count = round(args.ratio * sum(layer.num_kv_heads for layer in identity.layers))
     for seed in RANDOM_SEEDS:
         rng = np.random.default_rng(seed)
         random_scores = rng.random((len(identity.layers), identity.layers[0].num_kv_heads)).tolist()
         path = WORK / f"plan-random{seed}.json"
-        identity.with_windows(count, args.sink, args.recent, scores=random_scores).save(path)
+        identity.with_windows(args.ratio, args.sink, args.recent, scores=random_scores).save(path)
         paths[f"random (seed {seed})"] = path
     return paths
 
 
-def uniform_plan(args, context: int, headwise_tokens: int) -> Path:
+def uniform_plan(args, identity, context: int, headwise_tokens: int) -> Path:
     """Every kv head sink + a window holding, in all, `headwise_tokens` (token, kv head) pairs."""
-    from edgert.exporters.kv_heads import model_limits
-    from edgert.models.zoo import resolve_source
-
-    identity, _ = model_limits(resolve_source("tiny-lm"))
     heads = sum(layer.num_kv_heads for layer in identity.layers)
     recent = max(1, headwise_tokens // heads - args.sink)
     path = WORK / f"plan-uniform{context}.json"
@@ -122,9 +113,13 @@ def evaluate(model: Path, contexts: list[int], trials: int) -> dict:
 
 def run(args) -> dict:
     WORK.mkdir(parents=True, exist_ok=True)
+    from edgert.exporters.kv_heads import model_limits
+    from edgert.models.zoo import resolve_source
+
+    identity, _ = model_limits(resolve_source("tiny-lm"))
     scored = score(args)
     results = {}
-    for label, plan in plans(args, scored).items():
+    for label, plan in plans(args, scored, identity).items():
         results[label] = evaluate(export(plan), args.contexts, args.trials)
         print(f"{label}: mean accuracy {results[label]['mean_accuracy']:.1%}")
     headwise = results["headwise duo"]
@@ -134,7 +129,7 @@ def run(args) -> dict:
 
     duo_plan = HeadPlan.load(scored["duo"]["plan"])
     for c, context in enumerate(args.contexts):
-        plan = uniform_plan(args, context, duo_plan.cache_tokens(context))
+        plan = uniform_plan(args, identity, context, duo_plan.cache_tokens(context))
         one = evaluate(export(plan), [context], args.trials)
         uniform["accuracy"].append(one["accuracy"][0])
         uniform["kv_bytes"].append(one["kv_bytes"][0])

@@ -78,6 +78,12 @@ def passkey_prompt(count_tokens: Callable[[str], int], context: int, depth: floa
     return PasskeyPrompt(text, key, depth, count_tokens(text))
 
 
+def token_counter(tokenizer) -> Callable[[str], int]:
+    """count_tokens for passkey_prompt from a `tokenizers.Tokenizer`: tokens of a piece of
+    text without the special tokens added around whole texts."""
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
 def answer_is_correct(generated_text: str, key: str) -> bool:
     """True when the generated continuation starts with the key (spaces between digits,
     which word-level tokenizers put there, are ignored)."""

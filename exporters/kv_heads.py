@@ -58,12 +58,12 @@ def choose_heads(identity: HeadPlan, scores: HeadScores, *, ratio: float | None,
         raise PlanError(f"{scores.method} scores have shape {len(table)} layers x "
                         f"{sorted({len(r) for r in table})} kv heads; the model has {len(shape)} x {shape[0]}")
     if threshold is not None:
-        count = sum(v >= threshold for row in table for v in row)
+        retrieval = int(sum(v >= threshold for row in table for v in row))
+    elif ratio is not None:
+        retrieval = float(ratio)  # a fraction: with_windows checks it and counts the heads
     else:
-        if ratio is None or not 0 <= ratio <= 1:
-            raise PlanError(f"the retrieval ratio must lie in [0, 1], got {ratio}")
-        count = round(ratio * sum(shape))
-    return identity.with_windows(int(count), sink, recent, scores=table)
+        raise PlanError("choose retrieval heads by a ratio or a threshold")
+    return identity.with_windows(retrieval, sink, recent, scores=table)
 
 
 def read_pattern(path, num_layers: int, num_kv_heads: int) -> HeadScores:
@@ -266,13 +266,10 @@ def passkey_batches(tokenizer, *, context: int, batch_size: int, seed: int) -> C
     positions to supervise: the question and the answer (where retrieval matters)."""
     import torch
 
-    from edgert.passkey import QUESTION, passkey_prompt
+    from edgert.passkey import QUESTION, passkey_prompt, token_counter
 
     rng = np.random.default_rng(seed)
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False).ids)
-
+    count = token_counter(tokenizer)
     answer = count(QUESTION) + count(" 12345.")
     pad = tokenizer.token_to_id("<pad>") or 0
 
@@ -331,18 +328,18 @@ class AnalyzeOptions:
 def model_limits(source) -> tuple[HeadPlan, int]:
     """The identity plan of a decoder and its longest sequence, read from its config alone."""
     from edgert.exporters.families import load_config
+    from edgert.models.adapters import config_shape
 
     config = load_config(source, "decoder")
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return HeadPlan.full(config.num_hidden_layers, heads, kv, head_dim=head_dim), config.max_position_embeddings
+    shape = config_shape(config)
+    identity = HeadPlan.full(shape.num_layers, shape.num_heads, shape.num_kv_heads, head_dim=shape.head_dim)
+    return identity, config.max_position_embeddings
 
 
-def score_heads(source, options: AnalyzeOptions, progress: Callable[[], None] | None = None) -> HeadScores:
-    """Score every kv head of the decoder `source` (a resolved ModelSource) with one method."""
-    identity, max_length = model_limits(source)
-    options.check(max_length)
+def score_heads(source, options: AnalyzeOptions, identity: HeadPlan,
+                progress: Callable[[], None] | None = None) -> HeadScores:
+    """Score every kv head of the decoder `source` (a resolved ModelSource) with one method.
+    identity and the checked options come from model_limits and AnalyzeOptions.check."""
     if options.method == "pattern":
         return read_pattern(options.patterns, len(identity.layers), identity.layers[0].num_kv_heads)
     from edgert.exporters.decoder import load

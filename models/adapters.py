@@ -49,7 +49,11 @@ class ModelShape:
 
 def model_shape(model) -> ModelShape:
     """Attention geometry of a supported transformers model."""
-    config = model.config
+    return config_shape(model.config)
+
+
+def config_shape(config) -> ModelShape:
+    """Attention geometry of a supported transformers config (no weights needed)."""
     family = adaptable_family(config.model_type)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

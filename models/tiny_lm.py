@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgert.passkey import FILLER, INSTRUCTION, QUESTION, key_sentence, passkey_prompt, random_key
+from edgert.passkey import (FILLER, INSTRUCTION, QUESTION, key_sentence, passkey_prompt, random_key,
+                            token_counter)
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 DIGITS = [str(d) for d in range(10)]
@@ -99,10 +100,8 @@ class PasskeyBatches:
         self.tokenizer, self.rng, self.answer_weight = tokenizer, rng, answer_weight
         self.copy_fraction = copy_fraction
         self.pad = tokenizer.token_to_id("<pad>")
+        self.count = token_counter(tokenizer)
         self.words = np.arange(len(SPECIAL), tokenizer.get_vocab_size())
-
-    def count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def sample(self, context: int) -> tuple[list[int], list[float], list[bool]]:
         """Token ids, the weight of predicting each, and which are copies of an earlier segment."""

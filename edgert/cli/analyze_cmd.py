@@ -217,7 +217,7 @@ def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold:
         quiet_libraries()
     units = len(identity.layers) if method == "razor" else steps if method == "duo" else 1
     with counted(f"analyze kv-heads ({method})", units) as advance:
-        scores = kv.score_heads(resolved, options, progress=lambda: advance(1))
+        scores = kv.score_heads(resolved, options, identity, progress=lambda: advance(1))
     plan = kv.choose_heads(identity, scores, ratio=retrieval_ratio, threshold=threshold, sink=sink, recent=recent)
     Console().print(kv_head_table(scores, plan))
     plan.save(output)
@@ -234,7 +234,7 @@ def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold:
 
 def kv_head_table(scores, plan) -> Table:
     """One row per layer: each kv head's score(s), retrieval heads marked with *."""
-    tables = {name: t for name, t in scores.tables.items() if name != "scores"}
+    tables = scores.tables
     table = Table(title=f"kv heads by {scores.method} score (* = retrieval: full cache)")
     table.add_column("layer", justify="right")
     num_kv = len(scores.scores[0])
