@@ -7,6 +7,7 @@ Each op is opaque to torch.export, so the ONNX exporter maps it to one `edgert`-
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 @torch.library.custom_op("edgert::clipped_softmax", mutates_args=())
@@ -37,3 +38,72 @@ def _clipped_softmax_backward(ctx, grad):
 
 
 clipped_softmax.register_autograd(_clipped_softmax_backward, setup_context=_clipped_softmax_setup)
+
+
+def cascaded_group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
+                                       dw_weight: torch.Tensor, dw_bias: torch.Tensor, bias: torch.Tensor,
+                                       num_heads: int, key_dim: int, scale: float) -> torch.Tensor:
+    """EfficientViT's cascaded group attention over a batch of windows x [B, C, H, W].
+
+    Head i reads channel chunk i plus head i-1's output through a 1x1 conv (qkv_weight[i]
+    [2*key_dim + value_dim, C/heads, 1, 1]), runs a depthwise conv on q (dw_weight[i]
+    [key_dim, 1, K, K]), and attends with the additive bias[i] [H*W, H*W]. Returns the heads'
+    outputs concatenated: [B, heads * value_dim, H, W].
+    """
+    B, _, H, W = x.shape
+    value_dim = qkv_weight.shape[1] - 2 * key_dim
+    pad = dw_weight.shape[-1] // 2
+    chunks = x.chunk(num_heads, dim=1)
+    outputs, feat = [], chunks[0]
+    for i in range(num_heads):
+        if i:
+            feat = feat + chunks[i]
+        q, k, v = F.conv2d(feat, qkv_weight[i], qkv_bias[i]).split([key_dim, key_dim, value_dim], dim=1)
+        q = F.conv2d(q, dw_weight[i], dw_bias[i], padding=pad, groups=key_dim).flatten(2) * scale
+        scores = q.transpose(-2, -1) @ k.flatten(2) + bias[i]
+        feat = (v.flatten(2) @ scores.softmax(dim=-1).transpose(-2, -1)).view(B, value_dim, H, W)
+        outputs.append(feat)
+    return torch.cat(outputs, 1)
+
+
+@torch.library.custom_op("edgert::cascaded_group_attention", mutates_args=())
+def cascaded_group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
+                             dw_weight: torch.Tensor, dw_bias: torch.Tensor, bias: torch.Tensor,
+                             num_heads: int, key_dim: int, scale: float) -> torch.Tensor:
+    """cascaded_group_attention_reference as one opaque op (exported as edgert::CascadedGroupAttention)."""
+    return cascaded_group_attention_reference(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads,
+                                              key_dim, scale)
+
+
+@cascaded_group_attention.register_fake
+def _cascaded_group_attention_fake(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads, key_dim, scale):
+    value_dim = qkv_weight.shape[1] - 2 * key_dim
+    return x.new_empty(x.shape[0], num_heads * value_dim, x.shape[2], x.shape[3])
+
+
+def single_head_attention_reference(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                                    qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, partial_dim: int,
+                                    qk_dim: int, scale: float, eps: float) -> torch.Tensor:
+    """SHViT's single-head attention on x [B, C, H, W]: the first `partial_dim` channels are
+    group-normalised (one group), projected by a 1x1 conv to q, k (qk_dim each) and v
+    (partial_dim), and attend globally; the other channels pass through. Returns [B, C, H, W]."""
+    B, C, H, W = x.shape
+    x1, x2 = x.split([partial_dim, C - partial_dim], dim=1)
+    x1 = F.group_norm(x1, 1, norm_weight, norm_bias, eps)
+    q, k, v = F.conv2d(x1, qkv_weight, qkv_bias).flatten(2).split([qk_dim, qk_dim, partial_dim], dim=1)
+    probs = ((q.transpose(-2, -1) @ k) * scale).softmax(dim=-1)
+    return torch.cat([(v @ probs.transpose(-2, -1)).reshape(B, partial_dim, H, W), x2], dim=1)
+
+
+@torch.library.custom_op("edgert::single_head_attention", mutates_args=())
+def single_head_attention(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                          qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, partial_dim: int, qk_dim: int,
+                          scale: float, eps: float) -> torch.Tensor:
+    """single_head_attention_reference as one opaque op (exported as edgert::SingleHeadAttention)."""
+    return single_head_attention_reference(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim,
+                                           qk_dim, scale, eps)
+
+
+@single_head_attention.register_fake
+def _single_head_attention_fake(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim, qk_dim, scale, eps):
+    return torch.empty_like(x)
