@@ -3,12 +3,15 @@ INT8 kernel configuration chosen for this CPU by measurement and an accuracy gua
 the most sensitive nodes in float until the guard holds.
 
 Encoders are judged by their first output on held-out feeds (cosine, SQNR; quant/evaluate.py),
-decoders (text-generation graphs) by next-token top-1 agreement and KL divergence along FP32's
-greedy continuations of held-out prompts, and timed per decoded token (quant/decoder_eval.py).
+image classifiers by top-1 agreement and SQNR of their logits on held-out images (and top-1
+accuracy where the images are labelled), decoders (text-generation graphs) by next-token top-1
+agreement and KL divergence along FP32's greedy continuations of held-out prompts, and timed
+per decoded token (quant/decoder_eval.py).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -21,12 +24,14 @@ from pathlib import Path
 from edgert import cpu
 from edgert._io import atomic_output, check_output_path, temporary_directory, tempfiles_in
 from edgert.errors import EdgertError
+from edgert.images import image_spec, is_image_model
 from edgert.model_info import load_onnx_proto
-from edgert.plan import MANIFEST_KEY
+from edgert.plan import MANIFEST_KEY, channels_last_overload
 from edgert.quant import decoder_eval
-from edgert.quant.calib import BUNDLED, BUNDLED_TEXT, load_calibration
+from edgert.quant.calib import BUNDLED, BUNDLED_TEXT, load_calibration, load_images
 from edgert.quant.decoder_eval import DecodeSpeed, DecoderAccuracy, DecoderEvaluation, is_decoder
-from edgert.quant.evaluate import Accuracy, EncoderEvaluation, SpeedCheck
+from edgert.quant.evaluate import (IMAGE_METRICS, Accuracy, EncoderEvaluation, ImageAccuracy,
+                                   ImageEvaluation, SpeedCheck)
 from edgert.quant.outliers import TensorStats, activation_stats, producer_scope
 from edgert.session import Session, session_options
 
@@ -35,6 +40,13 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
                  "MatMulIntegerToFloat", "QAttention", "QGemm"}
 ORT_ONLY_DOMAIN = "com.microsoft"
 OP_TYPES = ("MatMul", "Gemm", "Conv")
+# Static INT8 of image classifiers also quantizes what lies between the convolutions (residual
+# adds, squeeze-excite, concatenations, reshapes), so activations stay INT8 from one QLinearConv
+# to the next: with only Conv/MatMul/Gemm, every residual Add costs a Dequantize/Quantize pair
+# and efficientvit-m0 ran 1.3x *slower* than FP32 at batch 16 (AVX512-VNNI, 2 threads);
+# with these, 1.0-1.07x (bench/vision_check.py).
+IMAGE_OP_TYPES = (*OP_TYPES, "Add", "Mul", "Relu", "Sigmoid", "GlobalAveragePool", "ReduceMean", "Concat",
+                  "Split", "Reshape", "Transpose", "Pad", "Slice")
 MODES, METHODS, TARGETS = ("static", "dynamic"), ("minmax", "entropy", "percentile"), ("cpu", "tensorrt")
 MAX_ATTEMPTS = 16
 OUTLIER_SAMPLES = 32  # enough for stable max/kurtosis ranks; the full set costs minutes
@@ -47,7 +59,17 @@ GUARD_RANGES = {"cosine": (0.0, 1.0, "at least 0 and below 1"),
                 "kl": (0.0, math.inf, "above 0 and finite")}
 CEILING_METRICS = ("kl",)  # guards that bound a metric from above: kl<=VALUE
 DECODER_METRICS = decoder_eval.METRICS
-GUARD_WORDS = "cosine>=V or sqnr>=V for encoders, top1>=V or kl<=V for decoders"
+GUARD_WORDS = ("cosine>=V or sqnr>=V for encoders, top1>=V or kl<=V for decoders, "
+               "top1>=V, sqnr>=V or cosine>=V for image classifiers")
+# The guards each kind of model takes, and what they measure.
+KIND_GUARDS = {
+    "encoder": (("cosine", "sqnr"), "cosine>=V or sqnr>=V",
+                "its first output against FP32; top1 is for decoders and image classifiers, kl for decoders"),
+    "decoder": (DECODER_METRICS, "top1>=V or kl<=V", "next-token agreement with FP32"),
+    "image": (IMAGE_METRICS, "top1>=V, sqnr>=V or cosine>=V",
+              "top-1 agreement, SQNR or cosine of its logits against FP32's on held-out images"),
+}
+EDGERT_DOMAIN = "edgert"  # custom ops whose bodies travel as model-local ONNX functions
 
 
 class QuantizeError(EdgertError):
@@ -90,10 +112,10 @@ class Guard:
         if not ok:
             raise QuantizeError(f"guard {self}: a {self.metric} guard must be {words}")
 
-    def holds(self, measured: Accuracy | DecoderAccuracy) -> bool:
+    def holds(self, measured: Accuracy | DecoderAccuracy | ImageAccuracy) -> bool:
         return self.margin(measured) >= 0
 
-    def margin(self, measured: Accuracy | DecoderAccuracy) -> float:
+    def margin(self, measured: Accuracy | DecoderAccuracy | ImageAccuracy) -> float:
         """How far `measured` is on the good side of the threshold (negative: guard fails)."""
         value = measured.value(self.metric)
         return self.threshold - value if self.metric in CEILING_METRICS else value - self.threshold
@@ -187,7 +209,7 @@ class Candidate:
     speedup: FP32 p50 / INT8 p50, all candidates timed interleaved (None: not timed alone)."""
 
     kernel: Int8Kernel
-    accuracy: Accuracy | DecoderAccuracy
+    accuracy: Accuracy | DecoderAccuracy | ImageAccuracy
     speedup: float | None = None
     chosen: bool = False
 
@@ -224,7 +246,7 @@ class Attempt:
     """One quantization try: how many nodes stayed in float, and the accuracy it reached."""
 
     float_nodes: int
-    accuracy: Accuracy | DecoderAccuracy
+    accuracy: Accuracy | DecoderAccuracy | ImageAccuracy
 
 
 @dataclass
@@ -232,7 +254,7 @@ class QuantResult:
     path: Path
     config: QuantConfig
     float_nodes: list[str]
-    accuracy: Accuracy | DecoderAccuracy
+    accuracy: Accuracy | DecoderAccuracy | ImageAccuracy
     speed: SpeedCheck | DecodeSpeed
     attempts: list[Attempt] = field(default_factory=list)
     heldout: str = ""
@@ -246,6 +268,8 @@ class QuantResult:
     # decoders: the modules (layers, lm_head) wholly in float → their nodes
     float_modules: dict[str, list[str]] = field(default_factory=dict)
     default_guard: bool = False  # config.guard is DEFAULT_DECODER_GUARD, not asked for
+    image: bool = False  # an image classifier, judged by its logits on held-out images
+    inlined: list[str] = field(default_factory=list)  # edgert ops whose function bodies were inlined
 
 
 Step = Callable[[str], None]
@@ -260,7 +284,11 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     A decoder (text-generation graph) is judged by next-token agreement with FP32 on held-out
     prompts (decoder_eval), held to DEFAULT_DECODER_GUARD unless `config.guard` says otherwise,
     and timed per decoded token; its projections are quantized, its attention and KV cache
-    stay in float."""
+    stay in float. An image classifier (task image-classification) needs `calib` (a folder
+    of images or an .npz of pixel_values) and is judged on `heldout` images (else the
+    calibration images) by top-1 agreement and logits SQNR, and by top-1 accuracy where
+    they are labelled. edgert custom ops whose function bodies hold MatMul/Gemm/Conv are
+    inlined first, so those get quantized."""
     step = on_step or (lambda _: None)
     config.check()
     output = check_output_path(output, inputs=(model, calib, heldout))
@@ -269,13 +297,16 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     proto = load_onnx_proto(model)
     _check_quantizable(proto, model, config)
     decoder = is_decoder(reference)
+    image = not decoder and is_image_model(reference.manifest)
     default_guard = decoder and config.guard is None
-    config = _guard_for(config, decoder)
+    config = _guard_for(config, "decoder" if decoder else "image" if image else "encoder")
     isa = cpu.cpu_isa(config.isa)
     kernels = candidate_kernels(config, isa)
     if decoder:
         evaluation, samples, heldout_words = _decoder_data(reference, model, config, calib, heldout,
                                                            threads, step)
+    elif image:
+        evaluation, samples, heldout_words = _image_data(reference, config, calib, heldout, options, step)
     else:
         calib, heldout = _data_paths(reference, calib, heldout)
         step("calibration data")
@@ -287,8 +318,13 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
 
     with temporary_directory(prefix="edgert-quant-") as work, tempfiles_in(work):
         pre = work / "pre.onnx"
+        functions = _functions_to_inline(proto)
+        inlined = [name for _, name in functions]
+        if functions:
+            step(f"inlining the function bodies of {', '.join(inlined)}")
+            _inline(proto, functions, work / "inlined.onnx")
         step("pre-processing")
-        _preprocess(model, pre)
+        _preprocess(work / "inlined.onnx" if functions else model, pre)
         step("activation outliers")
         outliers = activation_stats(pre, samples[:OUTLIER_SAMPLES], threads=threads)
         fused: dict[str, int] = {}
@@ -303,7 +339,7 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
                                    const_weight_only=decoder or config.mode == "dynamic")
         float_nodes = _resolve_excludes(config.exclude, graph.node, quantizable)
         trial = _Trial(pre, work, config, samples, evaluation, step, decoder=decoder,
-                       quantizable_nodes=frozenset(n.name for n in graph.node if quantizable(n)))
+                       quantizable_nodes=frozenset(n.name for n in graph.node if quantizable(n)), image=image)
         modules = _module_groups(graph.node, quantizable) if decoder else []
         if decoder:
             # A decoder's error compounds token after token, and which modules it comes from
@@ -331,24 +367,121 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         result = QuantResult(output, config, final_nodes, attempts[-1].accuracy, speed, attempts,
                              heldout=heldout_words, fused=fused, outliers=outliers, isa=isa,
                              kernel=kernel, candidates=candidates, choice=choice, decoder=decoder,
-                             default_guard=default_guard,
+                             default_guard=default_guard, image=image, inlined=inlined,
                              float_modules={name: nodes for name, nodes in modules if set(nodes) <= set(final_nodes)})
         _write(path, output, proto, result)
     return result
 
 
-def _guard_for(config: QuantConfig, decoder: bool) -> QuantConfig:
-    """`config` with the guard a model of this kind takes (decoders: DEFAULT_DECODER_GUARD
-    when none is given); a guard on the other kind's metrics is a QuantizeError."""
+def _guard_for(config: QuantConfig, kind: str) -> QuantConfig:
+    """`config` with the guard a model of this kind (a KIND_GUARDS key) takes (decoders:
+    DEFAULT_DECODER_GUARD when none is given); a guard on another metric is a QuantizeError."""
     guard = config.guard
-    if decoder and guard is None:
+    if kind == "decoder" and guard is None:
         return replace(config, guard=DEFAULT_DECODER_GUARD)
-    if guard is not None and (guard.metric in DECODER_METRICS) != decoder:
-        kind, allowed = ("a decoder", "top1>=V or kl<=V") if decoder else ("this model", "cosine>=V or sqnr>=V")
-        why = ("next-token agreement with FP32" if decoder
-               else "its first output against FP32; top1 and kl are for text-generation graphs")
-        raise QuantizeError(f"guard {guard} does not fit {kind}: its guard is {allowed} ({why})")
+    metrics, allowed, why = KIND_GUARDS[kind]
+    if guard is not None and guard.metric not in metrics:
+        model = {"decoder": "a decoder", "image": "an image classifier"}.get(kind, "this model")
+        raise QuantizeError(f"guard {guard} does not fit {model}: its guard is {allowed} ({why})")
     return config
+
+
+def _image_data(reference: Session, config: QuantConfig, calib, heldout, options, step: Step
+                ) -> tuple[ImageEvaluation, list[dict], str]:
+    """An image classifier's evaluation (FP32 logits on the held-out images), its
+    calibration feeds (one image each), and the held-out data in words."""
+    spec, input_name = image_spec(reference)
+    output = next((s for s in reference.outputs if s.name == "logits"), reference.outputs[0])
+    if len(output.shape) != 2:
+        raise QuantizeError(f"{reference.path.name}: an image classifier's output is logits "
+                            f"[batch, classes], not {output.describe()}")
+    classes = output.shape[1] if isinstance(output.shape[1], int) else None
+    if calib is None:
+        raise QuantizeError("image models have no built-in calibration set; give --calib FOLDER "
+                            "(images, preprocessed as the model's manifest says) or an .npz of pixel_values")
+    step("calibration images")
+    calib_data = load_images(calib, spec, classes=classes, size=config.calib_size)
+    held = calib_data
+    if heldout is not None:
+        step("held-out images")
+        held = load_images(heldout, spec, classes=classes, role="held-out data")
+    step("held-out images: FP32 logits")
+    evaluation = ImageEvaluation(reference, held.pixel_values, held.labels, options,
+                                 input_name=input_name, output_name=output.name)
+    words = held.source if heldout is not None else f"{held.source}: the calibration images, no --heldout given"
+    return evaluation, calib_data.feeds(input_name), words
+
+
+def _functions_to_inline(proto) -> list[tuple[str, str]]:
+    """(domain, name) of the model-local functions of edgert-domain ops used in `proto`
+    whose bodies hold ops INT8 quantizes (MatMul, Gemm, Conv). Quantization sees such an op
+    as one opaque node (ONNX Runtime inlines it only when loading), so they are inlined
+    first; bodies without them (edgert::ClippedSoftmax) stay as they are."""
+    functions = {(f.domain, f.name): f for f in proto.functions}
+
+    def quantizable(key, seen=()) -> bool:
+        body = functions.get(key)
+        return body is not None and key not in seen and any(
+            n.op_type in OP_TYPES and n.domain in ("", "ai.onnx") or quantizable((n.domain, n.op_type), (*seen, key))
+            for n in body.node)
+
+    used = {(n.domain, n.op_type) for n in proto.graph.node}
+    used |= {(n.domain, n.op_type) for f in proto.functions for n in f.node}
+    return sorted(k for k in functions if k[0] == EDGERT_DOMAIN and k in used and quantizable(k))
+
+
+def _inline(proto, functions: list[tuple[str, str]], out: Path) -> None:
+    """Save `proto` with `functions` inlined to `out`, without the edgert opset import once
+    no edgert op is left, and with constant sub-graphs folded.
+
+    Each call gets a copy of its function (of its overload, or of that overload's channels-last
+    twin where the model has one: ONNX Runtime's INT8 convolutions run channels-last) whose nodes are named `CALL/NODE`
+    and carry the call's metadata (torch's module scope): ONNX's inliner leaves body nodes
+    unnamed, and --exclude, the outlier report and the float-node search all go by names and
+    scopes. Bodies that slice their weights out of stacked inputs (a CascadedGroupAttention
+    picks each head's convolution weights with Gather) are folded afterwards, so those
+    weights are initializers again and get per-channel weight quantization."""
+    import onnx
+    import onnx_ir as ir
+    import onnx_ir.passes.common as ir_passes
+    import onnxscript.optimizer
+    from onnx import inliner
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    bodies = {(f.domain, f.name, f.overload): f for f in model.functions}
+    calls = []
+    for index, node in enumerate(model.graph.node):
+        if (node.domain, node.op_type) not in functions:
+            continue
+        twin = (node.domain, node.op_type, channels_last_overload(node.overload))
+        body = onnx.FunctionProto()
+        body.CopyFrom(bodies.get(twin) or bodies[(node.domain, node.op_type, node.overload)])
+        body.name, body.overload = f"{node.op_type}__call{index}", ""
+        prefix = node.name or f"{node.op_type}_{index}"
+        for k, inner in enumerate(body.node):
+            inner.name = f"{prefix}/{inner.name or f'{inner.op_type}_{k}'}"
+            have = {prop.key for prop in inner.metadata_props}
+            for prop in node.metadata_props:
+                if prop.key not in have:
+                    inner.metadata_props.add(key=prop.key, value=prop.value)
+        node.op_type, node.overload = body.name, ""
+        model.functions.append(body)
+        calls.append((body.domain, body.name))
+    inlined = inliner.inline_selected_functions(model, calls)
+    unused = [f for f in inlined.functions if (f.domain, f.name) in functions]
+    for function in unused:
+        inlined.functions.remove(function)
+    if not any(n.domain == EDGERT_DOMAIN for n in inlined.graph.node) and not inlined.functions:
+        kept = [o for o in inlined.opset_import if o.domain != EDGERT_DOMAIN]
+        del inlined.opset_import[:]
+        inlined.opset_import.extend(kept)
+    graph = ir.from_proto(inlined)
+    # The default size limits (about a thousand elements) would leave most weights unfolded.
+    onnxscript.optimizer.fold_constants(graph, input_size_limit=1 << 24, output_size_limit=1 << 24)
+    onnxscript.optimizer.remove_unused_nodes(graph)
+    ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(graph)
+    onnx.save(ir.to_proto(graph), str(out))
 
 
 def _decoder_data(reference: Session, model, config: QuantConfig, calib, heldout, threads: int | None,
@@ -397,15 +530,17 @@ class _Trial:
     work: Path
     config: QuantConfig
     samples: list
-    evaluation: EncoderEvaluation | DecoderEvaluation
+    evaluation: EncoderEvaluation | DecoderEvaluation | ImageEvaluation
     step: Step
     decoder: bool = False
     quantizable_nodes: frozenset[str] = frozenset()  # with all of them in float nothing is INT8
+    image: bool = False  # an image classifier: static INT8 also covers IMAGE_OP_TYPES
 
     def quantize(self, kernel: Int8Kernel, float_nodes: list[str], path: Path
-                 ) -> tuple[object, Accuracy | DecoderAccuracy]:
+                 ) -> tuple[object, Accuracy | DecoderAccuracy | ImageAccuracy]:
         """Quantize to `path`; the candidate as the evaluation opens it, and its accuracy."""
-        _quantize(self.pre, path, self.config, kernel, self.samples, float_nodes, decoder=self.decoder)
+        _quantize(self.pre, path, self.config, kernel, self.samples, float_nodes, decoder=self.decoder,
+                  op_types=IMAGE_OP_TYPES if self.image and self.config.mode == "static" else OP_TYPES)
         candidate = self.evaluation.open(path)
         return candidate, self.evaluation.accuracy(candidate)
 
@@ -441,7 +576,7 @@ class _Trial:
             scored.append((measured.score, i))
         return [pending[i] for _, i in sorted(scored)]
 
-    def meet_guard(self, kernel: Int8Kernel, path: Path, measured: Accuracy | DecoderAccuracy,
+    def meet_guard(self, kernel: Int8Kernel, path: Path, measured: Accuracy | DecoderAccuracy | ImageAccuracy,
                    float_nodes: list[str], rank: Callable[[Int8Kernel, list[str]], list]
                    ) -> tuple[Path, list[str], list[Attempt]]:
         """Keep the most sensitive nodes in float, in the order `rank(kernel, float_nodes)`
@@ -519,7 +654,19 @@ def _resolve_excludes(items: Sequence[str], nodes, quantizable: Callable[[object
 
 
 def _quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, samples,
-              float_nodes: list[str], *, decoder: bool = False) -> None:
+              float_nodes: list[str], *, decoder: bool = False, op_types: Sequence[str] = OP_TYPES) -> None:
+    # ONNX Runtime's quantizer logs warnings on the root logger (e.g. a Conv bias computed
+    # inside an inlined edgert op, not an initializer); they would reach the user as noise.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        _ort_quantize(pre, out, config, kernel, samples, float_nodes, decoder=decoder, op_types=op_types)
+    finally:
+        logging.disable(previous)
+
+
+def _ort_quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, samples,
+                  float_nodes: list[str], *, decoder: bool = False, op_types: Sequence[str] = OP_TYPES) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_dynamic, quantize_static)
 
@@ -540,7 +687,7 @@ def _quantize(pre: Path, out: Path, config: QuantConfig, kernel: Int8Kernel, sam
     # TensorRT's explicit quantization wants symmetric int8 on both sides.
     quantize_static(
         str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(OP_TYPES), per_channel=config.per_channel,
+        op_types_to_quantize=list(op_types), per_channel=config.per_channel,
         reduce_range=kernel.reduce_range, activation_type=types[kernel.activation],
         weight_type=types[kernel.weight], nodes_to_exclude=float_nodes,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -613,16 +760,8 @@ def _next_float_nodes(ranking, float_nodes: list[str]) -> list[str] | None:
     return None
 
 
-def _write(candidate: Path, output: Path, original, result: QuantResult) -> None:
-    """Copy metadata (manifest with the quantization record, tokenizer) and save atomically."""
-    import json
-
-    import onnx
-
-    from edgert.plan import Manifest
-
-    model = onnx.load(str(candidate))
-    props = {p.key: p.value for p in original.metadata_props}
+def quant_record(result: QuantResult) -> dict:
+    """What the manifest records about a quantization (also `edgert quantize --json`)."""
     record = {
         "config": {**asdict(result.config), "guard": asdict(result.config.guard) if result.config.guard else None},
         "float_nodes": result.float_nodes, "accuracy": asdict(result.accuracy),
@@ -642,6 +781,24 @@ def _write(candidate: Path, output: Path, original, result: QuantResult) -> None
         record["default_guard"] = result.default_guard
         record["float_modules"] = list(result.float_modules)
         record["float_ranking"] = "per decoder layer or module: each quantized alone, the most damaging kept in float first"
+    if result.image:
+        record["accuracy_method"] = ("logits on held-out images against FP32: top-1 agreement, SQNR, cosine; "
+                                     "top-1 accuracy of both models where the images are labelled")
+    record["inlined_functions"] = result.inlined
+    return record
+
+
+def _write(candidate: Path, output: Path, original, result: QuantResult) -> None:
+    """Copy metadata (manifest with the quantization record, tokenizer) and save atomically."""
+    import json
+
+    import onnx
+
+    from edgert.plan import Manifest
+
+    model = onnx.load(str(candidate))
+    props = {p.key: p.value for p in original.metadata_props}
+    record = quant_record(result)
     if MANIFEST_KEY in props:
         manifest = Manifest.from_json(props[MANIFEST_KEY])
         manifest.extra = {**manifest.extra, "quantization": record}

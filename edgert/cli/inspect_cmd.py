@@ -69,7 +69,13 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
                       f"target {cfg['target']}), {len(quant['float_nodes'])} nodes kept in float")
         if _isa_words(quant):
             console.print(f"  {_isa_words(quant)}")
-        if "top1" in acc:  # a decoder: next-token agreement with FP32
+        if "top1_agreement" in acc:  # an image classifier
+            line = (f"  top-1 agreement with FP32 {acc['top1_agreement']:.4f}, logits SQNR {acc['sqnr_db']:.1f} dB "
+                    f"over {acc['images']} images")
+            if acc.get("labelled"):
+                line += f"; top-1 accuracy FP32 {acc['fp32_top1']:.4f}, INT8 {acc['int8_top1']:.4f}"
+            console.print(line)
+        elif "top1" in acc:  # a decoder: next-token agreement with FP32
             console.print(f"  next-token top-1 agreement {acc['top1']:.4f}, KL mean {acc['kl_mean']:.4f} "
                           f"(max {acc['kl_max']:.4f}) over {acc['positions']} positions")
         else:
@@ -80,7 +86,8 @@ def _print_manifest(console: Console, manifest: dict | None, has_tokenizer: bool
             console.print(f"  {quant['speedup']:.2f}x FP32 per decoded token at context {timed['context']} "
                           f"({timed['new_tokens']} new tokens)")
         else:
-            console.print(f"  {quant['speedup']:.2f}x FP32 at batch {timed['batch']}, seq {timed['seq']}")
+            seq = f", seq {timed['seq']}" if timed.get("seq") else ""
+            console.print(f"  {quant['speedup']:.2f}x FP32 at batch {timed['batch']}{seq}")
         fused = ", ".join(f"{n} {op}" for op, n in (quant.get("fused") or {}).items() if n)
         if fused:
             console.print(f"  fused by quantize: {fused}")

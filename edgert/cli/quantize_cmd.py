@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import TYPE_CHECKING
 
 import click
@@ -21,12 +23,15 @@ if TYPE_CHECKING:
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data: .txt (one example per line) or .npz of inputs (decoders: "
-                   "prompts, .txt or .npz of input_ids). Default: the built-in set of a built-in "
-                   "model; for decoders, bundled text their tokenizer knows, else random token ids.")
+                   "prompts, .txt or .npz of input_ids; image models: a folder of images or an "
+                   ".npz of pixel_values [N,3,R,R] with optional labels [N]). Default: the built-in "
+                   "set of a built-in model; for decoders, bundled text their tokenizer knows, "
+                   "else random token ids; image models need it.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--heldout", type=click.Path(), default=None,
               help="Held-out data for the guard (same formats). Default: the built-in set, "
-                   "else the calibration data; for decoders 8 prompts as for --calib.")
+                   "else the calibration data; for decoders 8 prompts as for --calib. Image "
+                   "folders whose sub-folders are named by the model's labels also give top-1 accuracy.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Calibration method (static mode).")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
@@ -39,7 +44,9 @@ if TYPE_CHECKING:
 @click.option("--guard", default=None, metavar="METRIC>=VALUE",
               help="Keep sensitive nodes in float until it holds: cosine>=0.99 or sqnr>=20 for "
                    "encoders; top1>=0.9 (next-token agreement) or kl<=0.05 for decoders, which "
-                   "default to top1>=0.9 (top1>=0: every node in INT8, accuracy only reported).")
+                   "default to top1>=0.9 (top1>=0: every node in INT8, accuracy only reported); "
+                   "top1>=0.99 (top-1 agreement with FP32), sqnr>=V or cosine>=V of the logits "
+                   "for image classifiers.")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
               help="Target cpu: fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops) before quantizing (an `edgert export` is fused already).")
@@ -49,20 +56,24 @@ if TYPE_CHECKING:
               help="Choose INT8 kernels for these instruction sets (e.g. avx2, avx512_vnni) "
                    "instead of this CPU's; auto: $EDGERT_CPU_ISA, else detect.")
 @click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the quantization record (config, accuracy, speed, kernels) as JSON.")
 def command(model: str, output: str, int8: bool, mode: str, calib: str | None, calib_size: int,
             heldout: str | None, method: str, per_channel: bool, exclude: tuple[str, ...],
             target: str, guard: str | None, fuse: bool, report_rows: int, isa: str,
-            threads: int | None) -> None:
+            threads: int | None, json_path: str | None) -> None:
     """Quantize MODEL to INT8 with ONNX Runtime, check accuracy on held-out data against
     FP32, and time FP32 vs INT8 side by side."""
+    from edgert._io import check_outputs, write_text_atomic
     from edgert.cli.analyze_cmd import outlier_table
     from edgert.cli.progress import show_steps
-    from edgert.quant.quantize import Guard, QuantConfig, quantize_model
+    from edgert.quant.quantize import Guard, QuantConfig, quant_record, quantize_model
     from edgert.session import check_threads
 
     if not int8:
         raise EdgertError("say which precision: --int8 (the only one supported)")
     check_threads(threads)
+    check_outputs([output, json_path], inputs=[model, calib, heldout])
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
                          target=target, calib_size=calib_size, fuse=fuse, isa=isa,
                          guard=Guard.parse(guard) if guard else None)
@@ -76,6 +87,9 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
                                     "by fake-INT8 SQNR; `edgert analyze outliers` for all)"))
     if any(result.fused.values()):
         console.print("fused for ONNX Runtime CPU: " + ", ".join(f"{n} {op}" for op, n in result.fused.items()))
+    if result.inlined:
+        console.print("inlined (their Conv/MatMul quantized): "
+                      + ", ".join(f"edgert::{name}" for name in result.inlined))
     console.print(cpu_line(result))
     console.print(candidate_table(result))
     table = Table(title=f"INT8 {result.kernel.label} ({mode}, {method}, {'per-channel' if per_channel else 'per-tensor'}, "
@@ -97,6 +111,10 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     else:
         console.print(line)
     console.print(f"wrote {result.path}")
+    if json_path:
+        record = {"path": str(result.path), **quant_record(result)}
+        write_text_atomic(json_path, json.dumps(record, indent=1), inputs=[model, calib, heldout, output])
+        console.print(f"wrote {json_path}")
 
 
 def float_words(result: QuantResult) -> str:
@@ -126,8 +144,11 @@ def cpu_line(result: QuantResult) -> str:
 def candidate_table(result: QuantResult) -> Table:
     """Every INT8 kernel configuration measured for this CPU, the chosen one marked."""
     table = Table(title=f"INT8 kernel candidates: {result.choice}")
+    # wide enough for the longest word of a kernel label (reduce-range), which must not be cut
+    words = max((len(w) for c in result.candidates for w in c.kernel.label.split()), default=0)
     for column in ("", "kernel", *result.accuracy.columns(), "speedup"):
-        table.add_column(column, justify="left" if column in ("", "kernel") else "right")
+        table.add_column(column, justify="left" if column in ("", "kernel") else "right",
+                         min_width=words if column == "kernel" else None)
     for c in result.candidates:
         table.add_row("chosen" if c.chosen else "", c.kernel.label, *c.accuracy.columns().values(),
                       f"{c.speedup:.2f}x" if c.speedup is not None else "-")
@@ -142,6 +163,8 @@ def guard_line(result: QuantResult) -> str:
     if result.decoder:
         default = " (the default for decoders)" if result.default_guard else ""
         return f"guard {guard}{default} held: {acc.summary()}"
+    if result.image:
+        return f"{'no guard' if guard is None else f'guard {guard} held'}: {acc.summary()}"
     cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
     if guard is None:
         return f"no guard: {cosine}, SQNR {acc.sqnr_db:.1f} dB"

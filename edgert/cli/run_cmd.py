@@ -1,7 +1,8 @@
-"""edgert run MODEL --text ... | --inputs FILE.npz"""
+"""edgert run MODEL --text ... | --inputs FILE.npz | --image PATH ..."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from edgert.devices import DEVICES
 from edgert.errors import InputError
+from edgert.images import TOP_K
 
 WIDTH = 80  # every printed line fits a standard terminal
 SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... more rows"
@@ -20,6 +22,13 @@ SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... mor
 @click.option("--text", "texts", multiple=True, help="Text to embed (repeat for a batch).")
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False),
               help="An .npz file of named input arrays, instead of --text.")
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="An image to classify (repeat for several), for image-classification models: "
+                   "preprocessed as the model's manifest says, its top classes printed.")
+@click.option("--top", "top", type=click.IntRange(min=1), default=None,
+              help="With --image: how many of the most probable classes to show per image.  [default: 5]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="With --image: also write each image's top classes as JSON.")
 @click.option("--output", "output_name", default=None, help="Which output (default: the first).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Save the output to this .npy file instead of printing it.")
@@ -27,23 +36,33 @@ SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... mor
               help="Print the whole output array, not a summary (norm, mean, first values per row).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
-def command(model: str, texts: tuple[str, ...], inputs_path: str | None, output_name: str | None,
-            out_path: str | None, full: bool, device: str, threads: int | None) -> None:
-    """Run MODEL on text (tokenized with the tokenizer stored in the model) or on arrays.
+def command(model: str, texts: tuple[str, ...], inputs_path: str | None, images: tuple[str, ...], top: int | None,
+            json_path: str | None, output_name: str | None, out_path: str | None, full: bool, device: str,
+            threads: int | None) -> None:
+    """Run MODEL on text (tokenized with the tokenizer stored in the model), on arrays, or
+    on images (image-classification models).
 
     Prints the output's name, dtype and shape and, per row, its norm, mean and first
-    values (--full: the whole array); --out saves it as .npy instead.
+    values (--full: the whole array); --out saves it as .npy instead. With --image, prints
+    each image's most probable classes (softmax of the logits) instead.
     """
     import edgert
-    from edgert._io import atomic_output, check_output_path
+    from edgert._io import atomic_output, check_outputs
     from edgert.session import check_threads
 
     check_threads(threads)
-    if bool(texts) == bool(inputs_path):
-        raise InputError("give either --text (one or more) or --inputs FILE.npz")
-    if out_path:
-        check_output_path(out_path, inputs=[model, inputs_path])
+    if sum(map(bool, (texts, inputs_path, images))) != 1:
+        raise InputError("give one of --text (one or more), --inputs FILE.npz or --image PATH (one or more)")
+    if (json_path or top) and not images:
+        raise InputError(f"{'--json' if json_path else '--top'} needs --image"
+                         + (" (--out saves other outputs)" if json_path else ""))
+    if images and (full or output_name):
+        raise InputError(f"{'--full' if full else '--output'} does not apply to --image")
+    check_outputs([out_path, json_path], inputs=[model, inputs_path, *images])
     session = edgert.load(model, device=device, threads=threads)
+    if images:
+        _classify(session, images, top or TOP_K, json_path, out_path, model)
+        return
     feeds = session.tokenizer(list(texts)) if texts else _load_npz(Path(inputs_path))
     name = output_name or session.output_names[0]
     result = session.run(feeds, [name])[name]
@@ -54,6 +73,54 @@ def command(model: str, texts: tuple[str, ...], inputs_path: str | None, output_
         return
     lines = _full(name, result) if full else summarize(name, result)
     click.echo("\n".join(lines))
+
+
+def _classify(session, images: tuple[str, ...], top: int, json_path: str | None, out_path: str | None,
+              model: str) -> None:
+    """Preprocess `images` as the model's manifest says, run them one at a time and print a
+    table of each one's `top` classes (or save the logits with --out); --json writes them."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from edgert._io import atomic_output, write_text_atomic
+    from edgert.errors import shown_path
+    from edgert.images import image_spec, load_image, preprocess, top_k
+
+    spec, input_name = image_spec(session)
+    output = next((s for s in session.outputs if s.name == "logits"), session.outputs[0])
+    pixels = [preprocess(load_image(path), spec) for path in images]  # every file read before running
+    logits = np.concatenate([session.run({input_name: p[None]}, [output.name])[output.name] for p in pixels])
+    if logits.ndim != 2:
+        raise InputError(f"{shown_path(session.path.name)}: output {output.name!r} has shape "
+                         f"{list(logits.shape)}, not the logits [images, classes] of a classifier")
+    written = [model, *images]
+    ranked = top_k(logits, spec.labels, top)
+    if out_path:
+        with atomic_output(out_path, inputs=written) as tmp, open(tmp, "wb") as f:
+            np.save(f, logits)
+        click.echo(f"saved {output.name} {list(logits.shape)} to {out_path}")
+    else:
+        console = Console(width=WIDTH)
+        for path, predictions in zip(images, ranked):
+            console.print(_prediction_table(shown_path(path), predictions, escape))
+    if json_path:
+        result = {"model": str(session.path), "output": output.name,
+                  "images": [{"path": path, "top": [p.__dict__ for p in predictions]}
+                             for path, predictions in zip(images, ranked)]}
+        write_text_atomic(json_path, json.dumps(result, indent=1), inputs=written)
+        click.echo(f"wrote {json_path}")
+
+
+def _prediction_table(title: str, predictions, escape):
+    """One image's top classes: rank, class index, label and probability."""
+    from rich.table import Table
+
+    table = Table(title=escape(title), min_width=min(len(title), WIDTH))  # a long path stays on one line
+    for column in ("#", "class", "label", "probability"):
+        table.add_column(column, justify="left" if column == "label" else "right", overflow="fold")
+    for rank, p in enumerate(predictions, 1):
+        table.add_row(str(rank), str(p.index), escape(p.label), f"{p.probability:.4f}")
+    return table
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
