@@ -20,8 +20,12 @@ def register_schemas() -> None:
     import onnx
     from onnx.defs import OpSchema
 
+    from edgert.exporters import vision_ops
+
     if onnx.defs.has(CLIPPED_SOFTMAX, DOMAIN):
         return
+    for schema in vision_ops.schemas(DOMAIN, OP_VERSION):
+        onnx.defs.register_schema(schema)
     float_attr = OpSchema.AttrType.FLOAT
     onnx.defs.register_schema(OpSchema(
         CLIPPED_SOFTMAX, DOMAIN, OP_VERSION,
@@ -48,7 +52,22 @@ def translation_table() -> dict[object, Callable]:
     def clipped_softmax(scores, gamma: float, zeta: float):
         return edgert_ops.ClippedSoftmax(scores, gamma=gamma, zeta=zeta, plugin_namespace=PLUGIN_NAMESPACE)
 
-    return {torch.ops.edgert.clipped_softmax.default: clipped_softmax}
+    def cascaded_group_attention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads: int,
+                                 key_dim: int, scale: float):
+        value_dim = qkv_weight.shape[1] - 2 * key_dim
+        return edgert_ops.CascadedGroupAttention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias,
+                                                 num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
+                                                 scale=scale, plugin_namespace=PLUGIN_NAMESPACE)
+
+    def single_head_attention(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim: int, qk_dim: int,
+                              scale: float, eps: float):
+        return edgert_ops.SingleHeadAttention(x, norm_weight, norm_bias, qkv_weight, qkv_bias,
+                                              partial_dim=partial_dim, qk_dim=qk_dim, scale=scale, epsilon=eps,
+                                              plugin_namespace=PLUGIN_NAMESPACE)
+
+    return {torch.ops.edgert.clipped_softmax.default: clipped_softmax,
+            torch.ops.edgert.cascaded_group_attention.default: cascaded_group_attention,
+            torch.ops.edgert.single_head_attention.default: single_head_attention}
 
 
 def clipped_softmax_function(opset: int):
@@ -81,21 +100,53 @@ def clipped_softmax_function(opset: int):
                                 attributes=["gamma", "zeta", "plugin_namespace"])
 
 
-FUNCTIONS = {CLIPPED_SOFTMAX: clipped_softmax_function}
+def _int_attribute(node, name: str) -> int:
+    return next(a.i for a in node.attribute if a.name == name)
+
+
+def _cascaded_group_attention_bodies(opset: int, node) -> list:
+    from edgert.exporters.vision_ops import cascaded_group_attention_function
+
+    heads = _int_attribute(node, "num_heads")
+    return [cascaded_group_attention_function(DOMAIN, opset, heads, channels_last=layout) for layout in (False, True)]
+
+
+def _single_head_attention_bodies(opset: int, node) -> list:
+    from edgert.exporters.vision_ops import single_head_attention_function
+
+    return [single_head_attention_function(DOMAIN, opset, channels_last=layout) for layout in (False, True)]
+
+
+# op type -> (opset, node) -> [the FunctionProto the node calls, alternative layouts...]. A body
+# that depends on the node's attributes (CascadedGroupAttention unrolls its heads) is one
+# function overload per variant.
+FUNCTIONS = {CLIPPED_SOFTMAX: lambda opset, node: [clipped_softmax_function(opset)],
+             "CascadedGroupAttention": _cascaded_group_attention_bodies,
+             "SingleHeadAttention": _single_head_attention_bodies}
+# ONNX IR version 10 introduced function overloads.
+OVERLOAD_IR_VERSION = 10
 
 
 def attach_functions(model) -> list[str]:
-    """Give `model` (ModelProto) the function body of every edgert op it uses; return their names."""
+    """Give `model` (ModelProto) the function body of every edgert op it uses; return their names.
+
+    Nodes whose body depends on their attributes get the overload of their variant (IR >= 10)."""
     from onnx import helper
 
-    used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
-    if not used:
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN]
+    if not nodes:
         return []
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    have = {(f.domain, f.name) for f in model.functions}
-    for name in used:
-        if (DOMAIN, name) not in have:
-            model.functions.append(FUNCTIONS[name](opset))
+    have = {(f.domain, f.name, f.overload) for f in model.functions}
+    for node in nodes:
+        bodies = FUNCTIONS[node.op_type](opset, node)
+        node.overload = bodies[0].overload
+        for body in bodies:
+            if (DOMAIN, node.op_type, body.overload) not in have:
+                model.functions.append(body)
+                have.add((DOMAIN, node.op_type, body.overload))
+    if any(f.overload for f in model.functions):
+        model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
-    return used
+    return sorted({n.op_type for n in nodes})

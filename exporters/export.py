@@ -18,6 +18,7 @@ from edgert._io import DISK_FULL, atomic_output, check_output_path
 from edgert.errors import EdgertError, first_line
 from edgert.exporters.custom_ops import attach_functions
 from edgert.exporters.optimize import Optimization, optimize_for_ort_cpu
+from edgert.models.vision_configs import VARIANTS
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 from edgert.session import Session, session_options
 
@@ -48,8 +49,10 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
            opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            transform=None,
            calib: str | os.PathLike | None = None, calib_size: int = 64,
-           optimize: bool = True, on_step: Step | None = None) -> ExportResult:
-    """Export `source` (a built-in name or a Hugging Face directory) to `output`.
+           optimize: bool = True, checkpoint: str | os.PathLike | None = None, resolution: int | None = None,
+           custom_ops: bool = True, on_step: Step | None = None) -> ExportResult:
+    """Export `source` (a built-in name, a Hugging Face directory, or a vision variant such as
+    efficientvit-m0 or shvit-s1) to `output`.
 
     The family (encoder or decoder, from config.json's model_type) decides what the graph
     computes; see exporters/encoder.py and exporters/decoder.py. task: for encoders,
@@ -62,6 +65,11 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     ops); False keeps a portable graph for TensorRT and other runtimes. The graph is validated
     against the (transformed) torch model on sample inputs and only written if every output
     agrees within atol + rtol x the output's largest magnitude.
+
+    Vision variants (exporters/vision.py) take `checkpoint` (timm-layout weights; random init
+    without), `resolution` (default: the variant's or the checkpoint's) and `custom_ops`
+    (attention as edgert ops, else plain ONNX); their BatchNorms are folded, and the graph
+    is validated against the unfolded model.
     """
     from edgert.exporters.families import ExportRequest, quiet_libraries, recipe_for
     from edgert.models.zoo import resolve_source
@@ -76,10 +84,18 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     if not rtol >= 0:
         raise EdgertError(f"rtol must be >= 0, got {rtol}")
     output = check_output_path(output)
-    step("load")
-    model_source = resolve_source(source)
-    _, recipe = recipe_for(model_source)
-    prepared = recipe.prepare(model_source, ExportRequest(task, transform, calib, calib_size, optimize), step)
+    request = ExportRequest(task, transform, calib, calib_size, optimize, checkpoint, resolution, custom_ops)
+    if source in VARIANTS:
+        from edgert.exporters import vision
+
+        _check_vision_request(request)
+        prepared = vision.prepare(source, request, step)
+    else:
+        _check_text_request(request)
+        step("load")
+        model_source = resolve_source(source)
+        _, recipe = recipe_for(model_source)
+        prepared = recipe.prepare(model_source, request, step)
     manifest = prepared.manifest
     manifest.opset = opset
 
@@ -100,7 +116,7 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         from edgert.exporters.validate import check_diffs, max_abs_diffs
 
         session = Session(tmp, options=session_options())
-        diffs, scales = max_abs_diffs(session, prepared.module, prepared.input_names,
+        diffs, scales = max_abs_diffs(session, prepared.reference or prepared.module, prepared.input_names,
                                       prepared.output_names, prepared.checks)
         del session
         manifest.validation = {
@@ -111,6 +127,25 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
                     "exports the unfused graph" if optimization.target else None)
         _save_with_metadata(graph, tmp, manifest, prepared.tokenizer_json)  # with the diffs
     return ExportResult(output, manifest, time.perf_counter() - start)
+
+
+def _check_vision_request(request) -> None:
+    """Refuse what only text models take."""
+    if request.transform is not None:
+        raise EdgertError("head transforms (--plan, --prune, --kv-heads, --softmax, --retrieval-heads) "
+                          "apply to transformers text models, not to the vision variants")
+    if request.calib is not None:
+        raise EdgertError("--calib at export feeds head transforms of text models; "
+                          "vision models take calibration images at `edgert quantize --calib`")
+
+
+def _check_text_request(request) -> None:
+    """Refuse what only vision variants take."""
+    for value, option in ((request.checkpoint, "--checkpoint"), (request.resolution, "--resolution")):
+        if value is not None:
+            raise EdgertError(f"{option} applies to the vision models ({', '.join(VARIANTS)})")
+    if not request.custom_ops:
+        raise EdgertError(f"--no-custom-ops applies to the vision models ({', '.join(VARIANTS)})")
 
 
 def _torch_export(prepared, opset: int, path: Path) -> None:
@@ -143,8 +178,8 @@ def _load_and_pin(path: Path):
     import onnx
 
     model = onnx.load(str(path))
-    _pin(model)
     attach_functions(model)  # bodies of edgert ops, so plain ONNX Runtime runs them
+    _pin(model)
     onnx.checker.check_model(model)
     return model
 
@@ -154,7 +189,11 @@ def _pin(model) -> None:
     newer IRs) and its producer to edgert."""
     import onnx
 
+    from edgert.exporters.custom_ops import OVERLOAD_IR_VERSION
+
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if any(f.overload for f in model.functions):
+        model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
     model.producer_name, model.producer_version = "edgert", edgert.__version__
 
 

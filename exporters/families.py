@@ -40,6 +40,9 @@ class ExportRequest:
     calib: str | os.PathLike | None = None
     calib_size: int = 64
     optimize: bool = True
+    checkpoint: str | os.PathLike | None = None  # vision models: timm-layout weights
+    resolution: int | None = None  # vision models: input height and width
+    custom_ops: bool = True  # vision models: attention as edgert ops (False: plain ONNX)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Prepared:
     manifest: Manifest
     tokenizer_json: str | None = None
     ort_cpu_fusions: bool = False  # whether exporters/optimize.py's fusions apply
+    reference: object = None  # the module to validate against, if not `module` (e.g. before BN folding)
 
 
 def recipe_for(source: ModelSource):

@@ -58,6 +58,11 @@ class ModelSource:
 
 def resolve_source(source: str) -> ModelSource:
     """Resolve a built-in name or a local Hugging Face model directory."""
+    from edgert.models.vision_configs import VARIANTS
+
+    if source in VARIANTS:
+        raise SourceError(f"{source} is a vision model: `edgert export {source}` builds it; "
+                          "this command takes text models")
     if source in ZOO:
         entry = ZOO[source]
         return ModelSource(source, entry.locate(), entry.default_task)
@@ -69,4 +74,4 @@ def resolve_source(source: str) -> ModelSource:
     if path.exists():
         raise SourceError(f"{path} is a file; expected a built-in name or a Hugging Face model directory")
     raise UnknownModelError(f"unknown model {source!r}: not a built-in name "
-                            f"({', '.join(sorted(ZOO))}) nor an existing directory")
+                            f"({', '.join([*sorted(ZOO), *VARIANTS])}) nor an existing directory")

@@ -58,24 +58,35 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
                    "(and edgert ops) for TensorRT and other runtimes.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Vision models: weights in timm's layout (.safetensors, .pth, .bin). "
+                   "Default: random init, and the manifest says so.")
+@click.option("--resolution", type=int, default=None,
+              help="Vision models: input height and width in pixels, a multiple of 16 from 64 to 1024. "
+                   "Default: the checkpoint's, else the variant's (224; shvit-s4 256).")
+@click.option("--custom-ops/--no-custom-ops", default=True, show_default=True,
+              help="Vision models: each attention as one edgert op (ONNX function body inside, "
+                   "TensorRT plugin name outside); --no-custom-ops exports plain ONNX.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the export summary (manifest, seconds) as JSON.")
 def command(source: str, output: str, task: str | None, opset: int, atol: float, rtol: float,
             plan_path: str | None, prune: float | None, kv_heads: int | None, gqa_method: str,
             softmax_spec: str | None, retrieval: str | None, sink: int | None, recent: int | None,
-            calib: str | None, calib_size: int, optimize: bool, json_path: str | None) -> None:
-    """Export SOURCE (a built-in name such as `minilm`, or a local Hugging Face model
-    directory) to a validated ONNX graph with dynamic batch and sequence axes, fused for
+            calib: str | None, calib_size: int, optimize: bool, checkpoint: str | None,
+            resolution: int | None, custom_ops: bool, json_path: str | None) -> None:
+    """Export SOURCE (a built-in name such as `minilm`, a local Hugging Face model
+    directory, or a vision model: efficientvit-m0 ... efficientvit-m5, shvit-s1 ... shvit-s4)
+    to a validated ONNX graph with dynamic batch (and, for text, sequence) axes, fused for
     ONNX Runtime CPU unless --no-optimize.
 
     The tokenizer and a manifest (source, task, opset, validation diffs, head plan,
-    optimization) travel inside the file.
+    optimization; for images, the preprocessing and labels) travel inside the file.
     """
     from edgert._io import check_outputs, write_text_atomic
     from edgert.cli.progress import show_steps
     from edgert.exporters.export import export
 
-    check_outputs([output, json_path], inputs=[plan_path, calib])
+    check_outputs([output, json_path], inputs=[plan_path, calib, checkpoint])
     if retrieval is None and (sink is not None or recent is not None):
         raise PlanError("--sink and --recent shape the streaming heads of --retrieval-heads; "
                         "give --retrieval-heads too")
@@ -91,7 +102,8 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
         transform.check()
     with show_steps("export", STEPS) as step:
         result = export(source, output, task=task, opset=opset, atol=atol, rtol=rtol, transform=transform,
-                        calib=calib, calib_size=calib_size, optimize=optimize, on_step=step)
+                        calib=calib, calib_size=calib_size, optimize=optimize, checkpoint=checkpoint,
+                        resolution=resolution, custom_ops=custom_ops, on_step=step)
     table = Table(title="validation against torch")
     table.add_column("output")
     table.add_column("max abs diff", justify="right")
@@ -104,13 +116,15 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     out = Console()
     out.print(table)
     plan = result.manifest.plan
-    if plan != HeadPlan.full(len(plan.layers), plan.layers[0].num_heads, head_dim=plan.head_dim):
+    if plan and plan != HeadPlan.full(len(plan.layers), plan.layers[0].num_heads, head_dim=plan.head_dim):
         out.print(plan_table(plan))
     if result.manifest.decoder:
         out.print(cache_line(result.manifest.decoder), soft_wrap=True, markup=False, highlight=False)
     for note in result.manifest.extra.get("notes") or []:
         out.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
-    for line in optimization_lines(result.manifest.extra):
+    vision = result.manifest.extra.get("vision")
+    lines = [vision_line(result.manifest.extra)] if vision else optimization_lines(result.manifest.extra)
+    for line in lines:
         out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(f"wrote {result.path} (task {result.manifest.task}, opset {opset}) "
               f"in {result.seconds:.1f} s", soft_wrap=True, markup=False, highlight=False)
@@ -159,3 +173,12 @@ def optimization_lines(extra: dict) -> list[str]:
             lines.append(extra["optimization_note"])
         return lines
     return [extra.get("optimization_note") or "not optimized (--no-optimize): a portable graph"]
+
+
+def vision_line(extra: dict) -> str:
+    """What a vision export holds, in one line."""
+    vision, image = extra["vision"], extra["image"]
+    ops = ", ".join(extra.get("custom_ops") or []) or "none (plain ONNX)"
+    return (f"{vision['variant']}: {vision['weights']}; {image['resolution']}x{image['resolution']} px, "
+            f"{len(image['labels'] or []) or 'no'} labels; {vision['batchnorms_folded']} BatchNorms folded; "
+            f"edgert ops: {ops}")

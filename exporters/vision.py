@@ -1,0 +1,88 @@
+"""The vision recipe: an EfficientViT-M or SHViT variant (random init or a timm-layout
+checkpoint) → an image classifier graph `pixel_values [batch, 3, R, R] -> logits`, with
+BatchNorm folded and each attention one edgert op (or plain ONNX with custom_ops=False)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import edgert
+from edgert.errors import EdgertError
+from edgert.exporters.families import ExportRequest, Prepared, Step
+from edgert.plan import Manifest
+
+TASK = "image-classification"
+INPUT, OUTPUT = "pixel_values", "logits"
+RANDOM_SEED = 0
+CHECK_BATCHES = (1, 8)
+
+
+def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
+    """Build variant `name`, load request.checkpoint into it, and wrap it for tracing; the
+    unfused model is kept as the reference the graph is validated against."""
+    from edgert.models import vision
+
+    if request.task not in (None, TASK):
+        raise EdgertError(f"{name} is an image classifier; its task is {TASK}, not {request.task!r}")
+    step("load")
+    config, state, weights = _config_and_weights(name, request.checkpoint)
+    resolution = vision.check_resolution(request.resolution or config.img_size)
+    config = replace(config, img_size=resolution)
+    model = vision.create_model(config, seed=RANDOM_SEED)
+    if state is None:
+        vision.randomize_statistics(model, seed=RANDOM_SEED)
+    else:
+        vision.load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                            variant=name)
+    reference = model.eval()
+    module = copy.deepcopy(reference)
+    folded = vision.fold_batchnorms(module)
+    vision.for_export(module, custom_ops=request.custom_ops)  # the attention ops (BatchNorms are gone)
+    manifest = Manifest(
+        edgert_version=edgert.__version__, source=name, task=TASK, opset=0,
+        inputs={INPUT: INPUT}, dims={"batch": "batch"},
+        extra={"image": image_spec(config),
+               "vision": {"variant": name, "family": config.family, "weights": weights,
+                          "parameters": sum(p.numel() for p in reference.parameters()),
+                          "batchnorms_folded": folded, "custom_ops_requested": request.custom_ops,
+                          "architecture": config.to_dict()}},
+    )
+    rng = np.random.default_rng(0)
+    trace = {INPUT: rng.standard_normal((2, 3, resolution, resolution), dtype=np.float32)}
+    checks = [{INPUT: rng.standard_normal((b, 3, resolution, resolution), dtype=np.float32)} for b in CHECK_BATCHES]
+    return Prepared(module, [INPUT], [OUTPUT], {INPUT: {0: "batch"}}, trace, checks, manifest,
+                    reference=reference)
+
+
+def image_spec(config) -> dict:
+    """How an image becomes this model's input, for the runtime (edgert/images.py)."""
+    return {"resolution": config.img_size, "channels": config.in_chans, "mean": list(config.mean),
+            "std": list(config.std), "crop_pct": config.crop_pct, "interpolation": "bicubic",
+            "labels": list(config.labels) or None}
+
+
+def _config_and_weights(name: str, checkpoint):
+    """(config, state dict or None, what the weights are) for variant `name`: its registered
+    config, adjusted to a checkpoint's class count, or the config edgert stored in its own
+    checkpoints (classes, resolution, normalisation, labels)."""
+    from edgert.models import vision
+
+    config = vision.variant_config(name)
+    if checkpoint is None:
+        return config, None, (f"random init (seed {RANDOM_SEED}, BatchNorm statistics randomised); "
+                              "no checkpoint given")
+    state = vision.read_state_dict(checkpoint)
+    metadata = vision.read_metadata(checkpoint)
+    stored = metadata.get("edgert_variant")
+    if stored and stored != name:
+        raise vision.CheckpointError(f"{checkpoint} is a {stored} checkpoint, not {name}")
+    if "edgert_config" in metadata:
+        config = vision.VisionConfig.from_dict(json.loads(metadata["edgert_config"]))
+    else:
+        config = vision.with_classes(config, vision.checkpoint_classes(state, config))
+    return config, state, f"checkpoint {Path(checkpoint).name}"
