@@ -53,11 +53,12 @@ def translation_table() -> dict[object, Callable]:
         return edgert_ops.ClippedSoftmax(scores, gamma=gamma, zeta=zeta, plugin_namespace=PLUGIN_NAMESPACE)
 
     def cascaded_group_attention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads: int,
-                                 key_dim: int, scale: float):
+                                 key_dim: int, kernels: list[int], scale: float):
         value_dim = qkv_weight.shape[1] - 2 * key_dim
         return edgert_ops.CascadedGroupAttention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias,
                                                  num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
-                                                 scale=scale, plugin_namespace=PLUGIN_NAMESPACE)
+                                                 kernels=list(kernels), scale=scale,
+                                                 plugin_namespace=PLUGIN_NAMESPACE)
 
     def single_head_attention(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim: int, qk_dim: int,
                               scale: float, eps: float):
@@ -100,15 +101,18 @@ def clipped_softmax_function(opset: int):
                                 attributes=["gamma", "zeta", "plugin_namespace"])
 
 
-def _int_attribute(node, name: str) -> int:
-    return next(a.i for a in node.attribute if a.name == name)
+def _attribute(node, name: str):
+    from onnx import helper
+
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
 
 
 def _cascaded_group_attention_bodies(opset: int, node) -> list:
     from edgert.exporters.vision_ops import cascaded_group_attention_function
 
-    heads = _int_attribute(node, "num_heads")
-    return [cascaded_group_attention_function(DOMAIN, opset, heads, channels_last=layout) for layout in (False, True)]
+    heads, kernels = _attribute(node, "num_heads"), list(_attribute(node, "kernels"))
+    return [cascaded_group_attention_function(DOMAIN, opset, heads, kernels, channels_last=layout)
+            for layout in (False, True)]
 
 
 def _single_head_attention_bodies(opset: int, node) -> list:

@@ -2,11 +2,12 @@
 references): `CascadedGroupAttention` (EfficientViT) and `SingleHeadAttention` (SHViT).
 
 The bodies are written node by node with onnx.helper: a CascadedGroupAttention body unrolls
-its heads (each head feeds the next), so there is one function overload per head count
-("heads2", "heads3", ...), which onnxscript's decorator functions cannot express. Each body
-also comes in a channels-last twin (overload "heads4.channels-last", "channels-last"): the
-same arithmetic laid out for ONNX Runtime's channels-last INT8 kernels, which
-`edgert quantize` inlines instead of the FP32 form (see _attend).
+its heads (each head feeds the next) and crops each head's depthwise kernel, so there is one
+function overload per head count and kernel list ("heads2.k7-5", "heads4.k5-5-5-5", ...),
+which onnxscript's decorator functions cannot express. Each body also comes in a
+channels-last twin (overload "heads4.k5-5-5-5.channels-last", "channels-last"): the same
+arithmetic laid out for ONNX Runtime's channels-last INT8 kernels, which `edgert quantize`
+inlines instead of the FP32 form (see _attend).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def schemas(domain: str, version: int) -> list:
                  inputs=[param(n) for n in ("x", "qkv_weight", "qkv_bias", "dw_weight", "dw_bias", "bias")],
                  outputs=[param("heads")], type_constraints=[("T", _FLOATS, "")],
                  attributes=[attr("num_heads", INT, "heads (channel chunks)"),
+                             attr("kernels", OpSchema.AttrType.INTS,
+                                  "each head's depthwise query kernel size; dw_weight holds them "
+                                  "zero-padded to the largest"),
                              attr("key_dim", INT, "query/key channels per head"),
                              attr("value_dim", INT, "value channels per head"),
                              attr("scale", FLOAT, "query scale"), namespace]),
@@ -145,9 +149,12 @@ def _attend(b: _Body, q: str, k: str, v: str, *, scale: str, q_dim: str, v_dim: 
     return b("Reshape", [mixed, b("Shape", [v])])
 
 
-def cascaded_group_attention_function(domain: str, opset: int, num_heads: int, *, channels_last: bool = False):
-    """The body for `num_heads` heads, in standard ONNX (default-domain `opset`); see _attend
-    for the two layouts."""
+def cascaded_group_attention_function(domain: str, opset: int, num_heads: int, kernels: list[int], *,
+                                      channels_last: bool = False):
+    """The body for `num_heads` heads with depthwise kernels `kernels`, in standard ONNX
+    (default-domain `opset`); see _attend for the two layouts. Each head crops its kernel out
+    of the zero-padded stack, so a 3x3 head costs a 3x3 convolution."""
+    largest = max(kernels)
     b = _Body()
     scale = b.attribute("scale", "float", like="x")
     key_dim, value_dim = b.attribute("key_dim", "int"), b.attribute("value_dim", "int")
@@ -164,16 +171,19 @@ def cascaded_group_attention_function(domain: str, opset: int, num_heads: int, *
             return b("Squeeze", [b("Gather", [tensor, head], axis=0), b.ints(0)])
 
         q, k, v = b("Split", [b("Conv", [feat, pick("qkv_weight"), pick("qkv_bias")]), sizes], 3, axis=1)
-        q = b.attribute_ref("Conv", [q, pick("dw_weight"), pick("dw_bias")], {"group": "key_dim"},
-                            auto_pad="SAME_UPPER")
+        crop = (largest - kernels[i]) // 2
+        kernel = pick("dw_weight")
+        if crop:
+            kernel = b("Slice", [kernel, b.ints(crop, crop), b.ints(largest - crop, largest - crop), b.ints(2, 3)])
+        q = b.attribute_ref("Conv", [q, kernel, pick("dw_bias")], {"group": "key_dim"}, auto_pad="SAME_UPPER")
         feat = _attend(b, q, k, v, scale=scale, q_dim=key_dim, v_dim=value_dim, bias=pick("bias"),
                        channels_last=channels_last)
         outputs.append(feat)
     b("Concat", outputs, ["heads"], axis=1)
     return b.function(domain, CASCADED_GROUP_ATTENTION,
                       ["x", "qkv_weight", "qkv_bias", "dw_weight", "dw_bias", "bias"], ["heads"],
-                      ["num_heads", "key_dim", "value_dim", "scale", "plugin_namespace"], opset,
-                      overload_name(f"heads{num_heads}", channels_last))
+                      ["num_heads", "key_dim", "value_dim", "kernels", "scale", "plugin_namespace"], opset,
+                      overload_name(f"heads{num_heads}.k{'-'.join(map(str, kernels))}", channels_last))
 
 
 def single_head_attention_function(domain: str, opset: int, *, channels_last: bool = False):

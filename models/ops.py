@@ -42,24 +42,28 @@ clipped_softmax.register_autograd(_clipped_softmax_backward, setup_context=_clip
 
 def cascaded_group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
                                        dw_weight: torch.Tensor, dw_bias: torch.Tensor, bias: torch.Tensor,
-                                       num_heads: int, key_dim: int, scale: float) -> torch.Tensor:
+                                       num_heads: int, key_dim: int, kernels: list[int], scale: float
+                                       ) -> torch.Tensor:
     """EfficientViT's cascaded group attention over a batch of windows x [B, C, H, W].
 
     Head i reads channel chunk i plus head i-1's output through a 1x1 conv (qkv_weight[i]
     [2*key_dim + value_dim, C/heads, 1, 1]), runs a depthwise conv on q (dw_weight[i]
-    [key_dim, 1, K, K]), and attends with the additive bias[i] [H*W, H*W]. Returns the heads'
-    outputs concatenated: [B, heads * value_dim, H, W].
+    [key_dim, 1, K, K], K the largest of `kernels`; head i's kernels[i] x kernels[i] kernel sits
+    in its centre, zero-padded), and attends with the additive bias[i] [H*W, H*W]. Returns the
+    heads' outputs concatenated: [B, heads * value_dim, H, W].
     """
     B, _, H, W = x.shape
     value_dim = qkv_weight.shape[1] - 2 * key_dim
-    pad = dw_weight.shape[-1] // 2
+    largest = dw_weight.shape[-1]
     chunks = x.chunk(num_heads, dim=1)
     outputs, feat = [], chunks[0]
     for i in range(num_heads):
         if i:
             feat = feat + chunks[i]
         q, k, v = F.conv2d(feat, qkv_weight[i], qkv_bias[i]).split([key_dim, key_dim, value_dim], dim=1)
-        q = F.conv2d(q, dw_weight[i], dw_bias[i], padding=pad, groups=key_dim).flatten(2) * scale
+        crop = (largest - kernels[i]) // 2
+        kernel = dw_weight[i][..., crop:largest - crop, crop:largest - crop]
+        q = F.conv2d(q, kernel, dw_bias[i], padding=kernels[i] // 2, groups=key_dim).flatten(2) * scale
         scores = q.transpose(-2, -1) @ k.flatten(2) + bias[i]
         feat = (v.flatten(2) @ scores.softmax(dim=-1).transpose(-2, -1)).view(B, value_dim, H, W)
         outputs.append(feat)
@@ -69,14 +73,15 @@ def cascaded_group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor
 @torch.library.custom_op("edgert::cascaded_group_attention", mutates_args=())
 def cascaded_group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
                              dw_weight: torch.Tensor, dw_bias: torch.Tensor, bias: torch.Tensor,
-                             num_heads: int, key_dim: int, scale: float) -> torch.Tensor:
+                             num_heads: int, key_dim: int, kernels: list[int], scale: float) -> torch.Tensor:
     """cascaded_group_attention_reference as one opaque op (exported as edgert::CascadedGroupAttention)."""
     return cascaded_group_attention_reference(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads,
-                                              key_dim, scale)
+                                              key_dim, kernels, scale)
 
 
 @cascaded_group_attention.register_fake
-def _cascaded_group_attention_fake(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads, key_dim, scale):
+def _cascaded_group_attention_fake(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads, key_dim, kernels,
+                                   scale):
     value_dim = qkv_weight.shape[1] - 2 * key_dim
     return x.new_empty(x.shape[0], num_heads * value_dim, x.shape[2], x.shape[3])
 

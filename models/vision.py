@@ -498,9 +498,11 @@ class CascadedGroupAttentionOp(nn.Module):
             raise ValueError("fold the BatchNorms first")
         self.resolution, self.num_heads, self.key_dim, self.scale = (attn.resolution, attn.num_heads,
                                                                      attn.key_dim, attn.scale)
-        kernel = max(dw.kernel_size[0] for dw in attn.dws)
+        self.kernels = [dw.kernel_size[0] for dw in attn.dws]
+        kernel = max(self.kernels)
         with torch.no_grad():
-            # Smaller depthwise kernels are zero-padded to the largest: same result, one weight tensor.
+            # Smaller depthwise kernels are zero-padded to the largest, so all heads' weights are one
+            # tensor; the op crops each back to its own size (`kernels`).
             dw = [F.pad(d.weight, [(kernel - d.kernel_size[0]) // 2] * 4) for d in attn.dws]
             self.register_buffer("qkv_weight", torch.stack([q.weight for q in attn.qkvs]).clone())
             self.register_buffer("qkv_bias", torch.stack([q.bias for q in attn.qkvs]).clone())
@@ -514,7 +516,7 @@ class CascadedGroupAttentionOp(nn.Module):
 
         heads = torch.ops.edgert.cascaded_group_attention(x, self.qkv_weight, self.qkv_bias, self.dw_weight,
                                                           self.dw_bias, self.bias, self.num_heads, self.key_dim,
-                                                          self.scale)
+                                                          self.kernels, self.scale)
         return self.proj(heads)
 
 
