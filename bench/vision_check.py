@@ -57,8 +57,7 @@ def build(name: str, threads: int) -> dict:
     the INT8 report."""
     from safetensors.torch import save_file
 
-    config = vision.with_classes(vision.VARIANTS[name], None)
-    model = vision.randomize_statistics(vision.create_model(config, seed=0), seed=0)
+    model = vision.randomize_statistics(vision.create_model(vision.VARIANTS[name], seed=0), seed=0)
     weights = WORK / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     paths = graph_paths(name)

@@ -42,7 +42,9 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
     reference = model.eval()
     module = copy.deepcopy(reference)
     folded = vision.fold_batchnorms(module)
-    vision.for_export(module, custom_ops=request.custom_ops)  # the attention ops (BatchNorms are gone)
+    if request.custom_ops:
+        vision.use_custom_ops(module)
+    module.eval()  # the swapped-in op modules start in training mode
     manifest = Manifest(
         edgert_version=edgert.__version__, source=name, task=TASK, opset=0,
         inputs={INPUT: INPUT}, dims={"batch": "batch"},

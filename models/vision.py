@@ -538,14 +538,19 @@ class SingleHeadAttentionOp(nn.Module):
         return self.proj(mixed)
 
 
+def use_custom_ops(model: nn.Module) -> None:
+    """Swap each attention of a BN-folded `model` for its edgert-op module, in place."""
+    for module in list(model.modules()):
+        if isinstance(module, LocalWindowAttention):
+            module.attn = CascadedGroupAttentionOp(module.attn)
+        elif isinstance(module, Residual) and isinstance(module.m, SingleHeadAttention):
+            module.m = SingleHeadAttentionOp(module.m)
+
+
 def for_export(model: nn.Module, *, custom_ops: bool = True) -> nn.Module:
     """`model` made ready to trace, in place: BatchNorms folded and, with `custom_ops`, each
     attention one edgert op."""
     fold_batchnorms(model)
     if custom_ops:
-        for module in list(model.modules()):
-            if isinstance(module, LocalWindowAttention):
-                module.attn = CascadedGroupAttentionOp(module.attn)
-            elif isinstance(module, Residual) and isinstance(module.m, SingleHeadAttention):
-                module.m = SingleHeadAttentionOp(module.m)
+        use_custom_ops(model)
     return model.eval()
