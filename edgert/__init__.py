@@ -12,8 +12,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "edgert.errors": ["DependencyError", "DeviceUnavailableError", "EdgertError", "InputError",
-                      "ModelLoadError", "OutputPathError", "PlanError", "ShapeError", "SourceError",
+    "edgert.errors": ["CalibrationError", "CheckpointError", "DependencyError", "DeviceUnavailableError",
+                      "EdgertError", "ImageError", "InputError", "IsaError", "ModelLoadError", "OptionError",
+                      "OutputPathError", "PlanError", "QuantizeError", "ShapeError", "SourceError",
                       "UnknownModelError", "ValidationError"],
     "edgert.generator": ["Generator"],
     "edgert.kv_cache": ["CacheLayout"],

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgert.errors import EdgertError
+from edgert.errors import IsaError
 
 ISA_ENV = "EDGERT_CPU_ISA"
 AUTO = "auto"
@@ -30,9 +30,6 @@ X86_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 # INT8 classes: which kernels ONNX Runtime's MLAS picks for uint8 x int8 products.
 VNNI, NO_VNNI, ARM_DOTPROD, ARM_NO_DOTPROD, UNKNOWN = "vnni", "no-vnni", "arm-dotprod", "arm", "unknown"
 
-
-class IsaError(EdgertError):
-    """An instruction-set override names something edgert does not know."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import warnings
 
 import onnxruntime as ort
 
-from edgert.errors import DeviceUnavailableError, EdgertError
+from edgert.errors import DeviceUnavailableError, OptionError
 
 DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -23,9 +23,9 @@ def resolve_device(device: str, *, strict: bool = False) -> tuple[str, list[str]
     is missing falls back to cpu with a warning, or raises DeviceUnavailableError if strict.
     """
     if not isinstance(device, str):
-        raise EdgertError(f"device must be a string ({', '.join(DEVICES)}), got {type(device).__name__}")
+        raise OptionError(f"device must be a string ({', '.join(DEVICES)}), got {type(device).__name__}")
     if device not in DEVICES:
-        raise EdgertError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise OptionError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     available = set(ort.get_available_providers())
     if device == "auto":
         for name in ("tensorrt", "cuda", "cpu"):

@@ -46,6 +46,30 @@ class DependencyError(EdgertError):
     """An optional dependency needed for this feature is not installed."""
 
 
+class OptionError(EdgertError):
+    """An option or argument value is out of range, malformed, or does not fit the model."""
+
+
+class IsaError(OptionError):
+    """An instruction-set override names something edgert does not know."""
+
+
+class ImageError(InputError):
+    """An image, image folder or image model cannot be used as asked."""
+
+
+class CheckpointError(SourceError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+class CalibrationError(EdgertError):
+    """Calibration data is missing, empty, or of the wrong kind for the model."""
+
+
+class QuantizeError(EdgertError):
+    """Quantization cannot be done as asked."""
+
+
 def shown_path(path: object) -> str:
     """A path as one printable line (repr-quoted when it holds control characters)."""
     import os

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgert.errors import EdgertError, InputError, ModelLoadError, first_line, shown_path
+from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
 from edgert.plan import TOKENIZER_KEY
 from edgert.session import Session, available_memory_bytes
@@ -55,7 +55,7 @@ class Generator:
         self.model_max_length = _positive(decoder.get("max_length"), "manifest decoder.max_length", ModelLoadError)
         self.max_length = self.model_max_length if max_length is None else _positive(max_length, "max_length")
         if self.max_length > self.model_max_length:
-            raise EdgertError(f"max_length {self.max_length} exceeds the model's limit {self.model_max_length}")
+            raise OptionError(f"max_length {self.max_length} exceeds the model's limit {self.model_max_length}")
         self.prefill_chunk = _positive(prefill_chunk, "prefill_chunk")
         self.eos_token_ids = [int(t) for t in decoder.get("eos_token_ids") or []]
         self._output_names = self.session.output_names

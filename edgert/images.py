@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.errors import DependencyError, InputError, first_line, shown_path
+from edgert.errors import DependencyError, ImageError, first_line, shown_path
 
 TASK = "image-classification"
 PIXEL_VALUES = "pixel_values"
@@ -26,9 +26,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 INTERPOLATIONS = ("bicubic", "bilinear")
 TOP_K = 5
 
-
-class ImageError(InputError):
-    """An image, image folder or image model cannot be used as asked."""
 
 
 @dataclass(frozen=True)

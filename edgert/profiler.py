@@ -23,7 +23,7 @@ import numpy as np
 
 from edgert._io import path_argument
 from edgert.devices import DEVICES
-from edgert.errors import EdgertError, shown_path
+from edgert.errors import EdgertError, OptionError, shown_path
 from edgert.session import Session, check_threads, session_options
 from edgert.synth import synthesize_inputs
 
@@ -49,7 +49,7 @@ class LatencyStats:
     def from_seconds(cls, samples: Sequence[float]) -> LatencyStats:
         ms = np.asarray(samples, dtype=np.float64) * 1e3
         if ms.size == 0:
-            raise EdgertError("no latency samples")
+            raise OptionError("no latency samples")
         p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
         return cls(float(ms.min()), float(ms.mean()), float(p50), float(p90), float(p95),
                    float(p99), float(ms.max()), float(ms.std()))
@@ -80,20 +80,20 @@ class BenchConfig:
             if name == "block" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise EdgertError(f"{name} must be a whole number, got {type(value).__name__}")
+                raise OptionError(f"{name} must be a whole number, got {type(value).__name__}")
             if value < low or (high is not None and value > high):
                 bounds = f"lie in {low}..{high}" if high is not None else f"be >= {low}"
-                raise EdgertError(f"{name} must {bounds}, got {value}")
+                raise OptionError(f"{name} must {bounds}, got {value}")
         check_threads(self.threads)
         if not isinstance(self.device, str) or self.device not in DEVICES:
-            raise EdgertError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise OptionError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not isinstance(self.spin, bool):
-            raise EdgertError(f"spin must be True or False, got {type(self.spin).__name__}")
+            raise OptionError(f"spin must be True or False, got {type(self.spin).__name__}")
         if not isinstance(self.shapes, dict) or not all(
                 isinstance(k, str) and isinstance(v, tuple) and v
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)
                 for k, v in self.shapes.items()):
-            raise EdgertError("shapes must map input names to tuples of sizes >= 1, "
+            raise OptionError("shapes must map input names to tuples of sizes >= 1, "
                               "e.g. {'pixel_values': (1, 3, 224, 224)}")
         return self
 
@@ -191,7 +191,7 @@ def _open(path: str, config: BenchConfig) -> tuple[Session, dict, float]:
     session = Session(path, device=config.device, options=session_options(config.threads, spin=config.spin))
     session_s = time.perf_counter() - start
     if session.manifest is not None and session.manifest.decoder:
-        raise EdgertError(f"{shown_path(Path(path).name)} is a decoder (text-generation graph): time its "
+        raise OptionError(f"{shown_path(Path(path).name)} is a decoder (text-generation graph): time its "
                           "generation with `edgert bench --decode` (edgert.profiler.bench_decode)")
     feeds = session.check_inputs(synthesize_inputs(session, batch=config.batch, seq=config.seq,
                                                    overrides=config.shapes))
@@ -202,9 +202,9 @@ def _checked_run(paths: Sequence[str], config, config_type: type, progress) -> l
     """The model paths of a bench run, after checking its config and progress callback."""
     paths = _model_paths(paths)
     if not isinstance(config, config_type):
-        raise EdgertError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+        raise OptionError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
     if progress is not None and not callable(progress):
-        raise EdgertError(f"progress must be callable, got {type(progress).__name__}")
+        raise OptionError(f"progress must be callable, got {type(progress).__name__}")
     config.check()
     return paths
 
@@ -256,9 +256,9 @@ def bench_models(paths: Sequence[str], config: BenchConfig, *,
 
 def _model_paths(paths: object) -> list[str]:
     if isinstance(paths, (str, bytes, os.PathLike)):
-        raise EdgertError("paths must be a list of model paths, not one path; e.g. [path]")
+        raise OptionError("paths must be a list of model paths, not one path; e.g. [path]")
     if not isinstance(paths, Sequence) or not paths:
-        raise EdgertError("paths must be a non-empty list of model paths")
+        raise OptionError("paths must be a non-empty list of model paths")
     return [str(path_argument(p, "a model path", EdgertError)) for p in paths]
 
 
@@ -347,7 +347,7 @@ class DecodeStats:
     def p(self, q: float) -> float:
         """Percentile q (0..100) of decode_ms, in milliseconds."""
         if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 100:
-            raise EdgertError(f"percentile must be a number in 0..100, got {q!r}"[:120])
+            raise OptionError(f"percentile must be a number in 0..100, got {q!r}"[:120])
         return float(np.percentile(self.decode_ms, q))
 
     @property
@@ -366,7 +366,7 @@ def profile_decode(generator, *, context: int, new_tokens: int, batch: int = 1, 
     beyond the generator's max_length raises the Generator's own InputError before any work."""
     prompt = _decode_prompt(generator, context=context, new_tokens=new_tokens, batch=batch, seed=seed)
     if label is not None and not isinstance(label, str):
-        raise EdgertError(f"label must be a str or None, got {type(label).__name__}")
+        raise OptionError(f"label must be a str or None, got {type(label).__name__}")
     start = time.perf_counter()
     arrivals = [time.perf_counter() for _ in generator.stream(prompt, new_tokens, stop=())]
     return DecodeStats(model=label if label is not None else str(generator.session.path),
@@ -381,7 +381,7 @@ def _decode_prompt(generator, *, context: object, new_tokens: object, batch: obj
     from edgert.generator import Generator
 
     if not isinstance(generator, Generator):
-        raise EdgertError(f"generator must be an edgert.Generator, got {type(generator).__name__}")
+        raise OptionError(f"generator must be an edgert.Generator, got {type(generator).__name__}")
     for name, value, low, high in (("context", context, 1, None), ("new_tokens", new_tokens, 2, None),
                                    ("batch", batch, 1, MAX_BATCH), ("seed", seed, 0, None)):
         _check_whole(name, value, low, high)
@@ -394,11 +394,11 @@ def _decode_prompt(generator, *, context: object, new_tokens: object, batch: obj
 def _check_whole(name: str, value: object, low: int, high: int | None) -> None:
     """EdgertError unless `value` is a whole number in low..high (high None: no upper bound)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise EdgertError(f"{name} must be a whole number, got {type(value).__name__}")
+        raise OptionError(f"{name} must be a whole number, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
         bounds = f"lie in {low}..{high}" if high is not None else f"be >= {low}"
         why = " (decode latency is the time between consecutive tokens)" if name == "new_tokens" else ""
-        raise EdgertError(f"{name} must {bounds}{why}, got {value}")
+        raise OptionError(f"{name} must {bounds}{why}, got {value}")
 
 
 @dataclass
@@ -423,7 +423,7 @@ class DecodeConfig:
             _check_whole(name, getattr(self, name), low, high)
         check_threads(self.threads)
         if not isinstance(self.device, str) or self.device not in DEVICES:
-            raise EdgertError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise OptionError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         return self
 
 

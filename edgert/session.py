@@ -23,13 +23,7 @@ import onnxruntime as ort
 
 from edgert._io import path_argument
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
-from edgert.errors import (
-    EdgertError,
-    InputError,
-    ModelLoadError,
-    first_line,
-    shown_path,
-)
+from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 ORT_DTYPES = {
@@ -113,11 +107,11 @@ def check_threads(threads: object) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
-        raise EdgertError(f"threads must be a whole number, got {_shown_value(threads)}")
+        raise OptionError(f"threads must be a whole number, got {_shown_value(threads)}")
     cores = usable_cores()
     limit = THREADS_PER_CORE * cores
     if not 1 <= threads <= limit:
-        raise EdgertError(f"threads must lie in 1..{limit} ({THREADS_PER_CORE} per core for the "
+        raise OptionError(f"threads must lie in 1..{limit} ({THREADS_PER_CORE} per core for the "
                           f"{cores} cores this process may use), got {threads}")
     return int(threads)
 
@@ -147,7 +141,7 @@ def session_options(threads: int | None = None, *, spin: bool = True) -> ort.Ses
     silenced (its errors still raise)."""
     threads = check_threads(threads)
     if not isinstance(spin, bool):
-        raise EdgertError(f"spin must be True or False, got {_shown_value(spin)}")
+        raise OptionError(f"spin must be True or False, got {_shown_value(spin)}")
     options = ort.SessionOptions()
     options.log_severity_level = ORT_LOG_SEVERITY
     options.add_session_config_entry(_ORT_DISABLED_OPTIMIZERS_KEY, ";".join(ORT_DISABLED_OPTIMIZERS))
@@ -218,11 +212,11 @@ class Session:
                  strict: bool = False, options: ort.SessionOptions | None = None):
         threads = check_threads(threads)
         if options is not None and not isinstance(options, ort.SessionOptions):
-            raise EdgertError(f"options must be an onnxruntime.SessionOptions, got {type(options).__name__}")
+            raise OptionError(f"options must be an onnxruntime.SessionOptions, got {type(options).__name__}")
         if options is not None and threads is not None:
-            raise EdgertError("give threads or options, not both (set intra_op_num_threads in the options)")
+            raise OptionError("give threads or options, not both (set intra_op_num_threads in the options)")
         if not isinstance(strict, bool):
-            raise EdgertError(f"strict must be True or False, got {_shown_value(strict)}")
+            raise OptionError(f"strict must be True or False, got {_shown_value(strict)}")
         self.path = model_path(path)
         self.device, providers = resolve_device(device, strict=strict)
         self.threads = threads

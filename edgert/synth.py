@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from edgert.errors import EdgertError, ShapeError
+from edgert.errors import OptionError, ShapeError
 from edgert.session import CONVENTIONAL_DIMS, CONVENTIONAL_INPUTS, Session, TensorSpec
 
 __all__ = ["CONVENTIONAL_DIMS", "CONVENTIONAL_INPUTS", "parse_shape_overrides", "resolve_shape",
@@ -63,7 +63,7 @@ def resolve_shape(spec: TensorSpec, sizes: dict[str, int], dim_roles: dict[str, 
 
 def _positive(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise EdgertError(f"{name} must be a whole number >= 1, got {value!r}"
+        raise OptionError(f"{name} must be a whole number >= 1, got {value!r}"
                           if isinstance(value, (numbers.Number, str)) else
                           f"{name} must be a whole number >= 1, got {type(value).__name__}")
     return int(value)
@@ -79,7 +79,7 @@ def synthesize_inputs(session: Session, *, batch: int, seq: int,
     length, available memory) before anything is allocated.
     """
     if not isinstance(session, Session):
-        raise EdgertError(f"session must be an edgert Session, got {type(session).__name__}")
+        raise OptionError(f"session must be an edgert Session, got {type(session).__name__}")
     batch, seq = _positive("batch", batch), _positive("seq", seq)
     if overrides is not None and not isinstance(overrides, dict):
         raise ShapeError(f"overrides must be a dict of input name to shape, got {type(overrides).__name__}")

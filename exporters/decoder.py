@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import edgert
-from edgert.errors import EdgertError
+from edgert.errors import OptionError
 from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
                                        load_config, load_pretrained, read_tokenizer)
 from edgert.kv_cache import (ATTENTION_MASK, INPUT_IDS, PAST_MASK, POSITION_IDS, WINDOW_POSITIONS,
@@ -78,7 +78,7 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
     from edgert.models.decoder import DecoderStep, order_for_cache
 
     if request.task not in (None, TASK):
-        raise EdgertError(f"a decoder exports as {TASK}, not {request.task!r}")
+        raise OptionError(f"a decoder exports as {TASK}, not {request.task!r}")
     decoder = load(source)
     plan = _transform_heads(decoder, source, request, step)
     plan = order_for_cache(decoder.model, plan)

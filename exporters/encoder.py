@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import edgert
-from edgert.errors import EdgertError
+from edgert.errors import OptionError
 from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
                                        load_config, load_pretrained, read_tokenizer)
 from edgert.models.families import FAMILIES
@@ -73,7 +73,7 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
 
     task = request.task or source.default_task or "feature-extraction"
     if task not in TASKS:
-        raise EdgertError(f"unknown task {task!r} for an encoder; choose one of {', '.join(TASKS)}")
+        raise OptionError(f"unknown task {task!r} for an encoder; choose one of {', '.join(TASKS)}")
     encoder = load(source)
     plan = _transform_heads(encoder, source, task, request, step)
     uses_token_types = "token_type_ids" in encoder.input_names
@@ -108,7 +108,7 @@ def _transform_heads(encoder: LoadedEncoder, source: ModelSource, task: str, req
         return HeadPlan.full(encoder.num_layers, encoder.num_heads, head_dim=encoder.head_dim)
     transform = request.transform or Transform()
     if transform.retrieval is not None:
-        raise EdgertError("KV cache policies (--retrieval-heads) apply to decoders; this is an encoder")
+        raise OptionError("KV cache policies (--retrieval-heads) apply to decoders; this is an encoder")
     samples = []
     if transform.needs_calibration:
         samples = calibration_samples(encoder.calibration_inputs(source.name), source, request.calib,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import edgert
 from edgert._io import DISK_FULL, atomic_output, check_output_path
-from edgert.errors import EdgertError, first_line
+from edgert.errors import EdgertError, OptionError, first_line
 from edgert.exporters.custom_ops import attach_functions
 from edgert.exporters.optimize import Optimization, optimize_for_ort_cpu
 from edgert.models.vision_configs import VARIANTS
@@ -78,11 +78,11 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     step = on_step or (lambda _: None)
     start = time.perf_counter()
     if opset < MIN_OPSET:
-        raise EdgertError(f"opset {opset} is too old; the exporter needs >= {MIN_OPSET}")
+        raise OptionError(f"opset {opset} is too old; the exporter needs >= {MIN_OPSET}")
     if not atol > 0:
-        raise EdgertError(f"atol must be > 0, got {atol}")
+        raise OptionError(f"atol must be > 0, got {atol}")
     if not rtol >= 0:
-        raise EdgertError(f"rtol must be >= 0, got {rtol}")
+        raise OptionError(f"rtol must be >= 0, got {rtol}")
     output = check_output_path(output)
     request = ExportRequest(task, transform, calib, calib_size, optimize, checkpoint, resolution, custom_ops)
     if source in VARIANTS:
@@ -132,10 +132,10 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
 def _check_vision_request(request) -> None:
     """Refuse what only text models take."""
     if request.transform is not None:
-        raise EdgertError("head transforms (--plan, --prune, --kv-heads, --softmax, --retrieval-heads) "
+        raise OptionError("head transforms (--plan, --prune, --kv-heads, --softmax, --retrieval-heads) "
                           "apply to transformers text models, not to the vision variants")
     if request.calib is not None:
-        raise EdgertError("--calib at export feeds head transforms of text models; "
+        raise OptionError("--calib at export feeds head transforms of text models; "
                           "vision models take calibration images at `edgert quantize --calib`")
 
 
@@ -143,9 +143,9 @@ def _check_text_request(request) -> None:
     """Refuse what only vision variants take."""
     for value, option in ((request.checkpoint, "--checkpoint"), (request.resolution, "--resolution")):
         if value is not None:
-            raise EdgertError(f"{option} applies to the vision models ({', '.join(VARIANTS)})")
+            raise OptionError(f"{option} applies to the vision models ({', '.join(VARIANTS)})")
     if not request.custom_ops:
-        raise EdgertError(f"--no-custom-ops applies to the vision models ({', '.join(VARIANTS)})")
+        raise OptionError(f"--no-custom-ops applies to the vision models ({', '.join(VARIANTS)})")
 
 
 def _torch_export(prepared, opset: int, path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.errors import EdgertError, SourceError, first_line
+from edgert.errors import CalibrationError, SourceError, first_line
 from edgert.models.families import family_of
 from edgert.models.zoo import ModelSource
 from edgert.plan import Manifest
@@ -153,14 +153,14 @@ class TorchInputs:
     @property
     def tokenizer(self) -> TextTokenizer:
         if not self._tokenizer_json:
-            raise EdgertError("this model has no tokenizer")
+            raise CalibrationError("text calibration data needs a model with a tokenizer; this one has none")
         return TextTokenizer(self._tokenizer_json, max_length=self._max_length,
                              input_roles={n: n for n in self.input_names})
 
     def check_inputs(self, feeds):
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
-            raise EdgertError(f"calibration data lacks input {missing[0]!r}")
+            raise CalibrationError(f"calibration data lacks input {missing[0]!r}")
         return {n: np.asarray(feeds[n], dtype=np.int64) for n in self.input_names}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from edgert.errors import EdgertError, PlanError
+from edgert.errors import CalibrationError, PlanError
 from edgert.exporters.importance import Feeds, Loss, head_importance, projection_loss
 from edgert.models.adapters import adapt, head_attentions, identity_plan, model_shape, original_weights
 from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, prune_by_score,
@@ -132,7 +132,7 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
     if gates is not None:
         plan = HeadPlan([replace(layer, gated=True) for layer in plan.layers], plan.head_dim).check()
     if transform.needs_calibration and not samples:
-        raise EdgertError("pruning by importance and svd grouping need calibration data (--calib)")
+        raise CalibrationError("pruning by importance and svd grouping need calibration data (--calib)")
     originals = original_weights(model)
     if transform.prune:
         scorer = _adapted_copy(model, plan, originals, shape, gates)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from edgert.errors import EdgertError
+from edgert.errors import CalibrationError, EdgertError
 from edgert.models.adapters import head_attentions, model_shape
 from edgert.plan import HeadPlan
 
@@ -96,7 +96,7 @@ def load_for_heads(source: str, calib, calib_size: int):
     model_source = resolve_source(source)
     if calib is None:
         if model_source.name not in BUNDLED:
-            raise EdgertError("scoring heads needs calibration data: give --calib PATH")
+            raise CalibrationError("scoring heads needs calibration data: give --calib PATH")
         calib = BUNDLED[model_source.name][0]
     quiet_libraries()
     family, recipe = recipe_for(model_source)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import edgert
-from edgert.errors import EdgertError
+from edgert.errors import OptionError
 from edgert.exporters.families import ExportRequest, Prepared, Step
 from edgert.plan import Manifest
 
@@ -28,7 +28,7 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
     from edgert.models import vision
 
     if request.task not in (None, TASK):
-        raise EdgertError(f"{name} is an image classifier; its task is {TASK}, not {request.task!r}")
+        raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {request.task!r}")
     step("load")
     config, state, weights = _config_and_weights(name, request.checkpoint)
     resolution = vision.check_resolution(request.resolution or config.img_size)

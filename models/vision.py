@@ -22,13 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgert.errors import EdgertError
+from edgert.errors import CheckpointError
 from edgert.models.vision_configs import (IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, VARIANTS,  # noqa: F401
                                           VisionConfig, check_resolution, variant_config)
 
-
-class CheckpointError(EdgertError):
-    """A checkpoint does not fit the model it is loaded into."""
 
 
 # --- building blocks (parameter names as in timm) -------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgert.errors import EdgertError, UnknownModelError
+from edgert.errors import OptionError, UnknownModelError
 
 PATCH_SIZE = 16  # both families' stems: four stride-2 3x3 convolutions
 MIN_RESOLUTION = 64
@@ -78,6 +78,6 @@ def check_resolution(resolution: object) -> int:
     """`resolution` if the models take it: a multiple of the 16-pixel patch between 64 and 1024."""
     if (isinstance(resolution, bool) or not isinstance(resolution, int)
             or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION or resolution % PATCH_SIZE):
-        raise EdgertError(f"resolution {resolution!r} is not one these models take: it must be a multiple of "
+        raise OptionError(f"resolution {resolution!r} is not one these models take: it must be a multiple of "
                           f"{PATCH_SIZE} (the patch size) from {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels")
     return resolution

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.errors import EdgertError, shown_path
+from edgert.errors import CalibrationError, EdgertError, shown_path
 from edgert.images import ImageSpec, folder_labels, image_files, image_spec, is_image_model, load_preprocessed
 from edgert.session import Session
 
@@ -22,9 +22,6 @@ BUNDLED_TEXT = (DATA / "minilm_calib.txt", DATA / "minilm_heldout.txt")
 # Built-in model name -> (calibration set, held-out set).
 BUNDLED = {"minilm": BUNDLED_TEXT}
 
-
-class CalibrationError(EdgertError):
-    """Calibration data is missing, empty, or of the wrong kind for the model."""
 
 
 def load_calibration(path: str | Path, session: Session, *, size: int | None = None,

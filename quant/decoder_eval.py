@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.errors import EdgertError
+from edgert.errors import EdgertError, OptionError
 from edgert.generator import TASK, Generator
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
 from edgert.plan import TOKENIZER_KEY
@@ -250,7 +250,7 @@ def decode_speeds(reference: str | os.PathLike, candidates: Sequence[str | os.Pa
     rotating). A token's time is the gap between two tokens of Generator.stream, so the
     prefill is left out."""
     if new_tokens < 2:
-        raise EdgertError(f"decode timing needs at least 2 new tokens (one gap), got {new_tokens}")
+        raise OptionError(f"decode timing needs at least 2 new tokens (one gap), got {new_tokens}")
     generators = [_timing_generator(Path(p), threads) for p in (reference, *candidates)]
     first = generators[0]
     context = max(1, min(context, first.max_length - new_tokens))

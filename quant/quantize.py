@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgert import cpu
 from edgert._io import atomic_output, check_output_path, temporary_directory, tempfiles_in
-from edgert.errors import EdgertError
+from edgert.errors import QuantizeError
 from edgert.images import image_spec, is_image_model
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY, channels_last_overload
@@ -71,9 +71,6 @@ KIND_GUARDS = {
 }
 EDGERT_DOMAIN = "edgert"  # custom ops whose bodies travel as model-local ONNX functions
 
-
-class QuantizeError(EdgertError):
-    """Quantization cannot be done as asked."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edgert.errors import EdgertError
+from edgert.errors import OptionError
 
 if TYPE_CHECKING:
     from edgert.quant.quantize import QuantResult
@@ -71,7 +71,7 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     from edgert.session import check_threads
 
     if not int8:
-        raise EdgertError("say which precision: --int8 (the only one supported)")
+        raise OptionError("say which precision: --int8 (the only one supported)")
     check_threads(threads)
     check_outputs([output, json_path], inputs=[model, calib, heldout])
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
