@@ -53,6 +53,13 @@ class Accuracy:
         return {"cosine mean": f"{self.cosine_mean:.4f}", "cosine min": f"{self.cosine_min:.4f}",
                 "SQNR dB": f"{self.sqnr_db:.1f}"}
 
+    def summary(self, metric: str | None = None) -> str:
+        """The cosines and the SQNR in words; a guard's `metric` first (cosine: the cosines alone)."""
+        cosine = f"cosine mean {self.cosine_mean:.4f}, min {self.cosine_min:.4f}"
+        if metric == "sqnr":
+            return f"SQNR {self.sqnr_db:.1f} dB ({cosine})"
+        return cosine if metric == "cosine" else f"{cosine}, SQNR {self.sqnr_db:.1f} dB"
+
 
 def accuracy(reference: Session, candidate: Session, samples: Sequence[dict[str, np.ndarray]]) -> Accuracy:
     """Compare `candidate`'s first output with `reference`'s on every sample."""
@@ -111,7 +118,9 @@ class ImageAccuracy:
             columns |= {"FP32 acc": f"{self.fp32_top1:.4f}", "INT8 acc": f"{self.int8_top1:.4f}"}
         return columns
 
-    def summary(self) -> str:
+    def summary(self, metric: str | None = None) -> str:
+        """Agreement, SQNR and cosine in words (whatever the guard's metric), with the
+        accuracies where the images are labelled."""
         text = (f"top-1 agreement {self.top1_agreement:.4f} over {self.images} images, "
                 f"logits SQNR {self.sqnr_db:.1f} dB, cosine mean {self.cosine_mean:.4f}")
         if self.labelled:

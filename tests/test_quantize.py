@@ -8,11 +8,11 @@ import pytest
 
 import edgert
 from edgert import cpu
-from edgert.errors import ModelLoadError
-from edgert.quant.calib import CalibrationError
+from edgert.errors import CalibrationError, ModelLoadError, QuantizeError
 from edgert.quant.evaluate import Accuracy
-from edgert.quant.quantize import (KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, Guard, QuantConfig,
-                                   QuantizeError, choose_kernel, quantize_model)
+from edgert.quant.guard import Guard
+from edgert.quant.kernels import KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, choose_kernel
+from edgert.quant.quantize import QuantConfig, quantize_model
 
 from conftest import run_cli
 
@@ -311,3 +311,4 @@ def test_speed_check_fits_a_short_max_length(tmp_path):
     calib.write_text("hello world\nedge inference a b\n")
     result = quantize_model(model, tmp_path / "q.onnx", QuantConfig(mode="dynamic"), calib=calib)
     assert result.speed.seq == 16 and result.speed.speedup > 0
+

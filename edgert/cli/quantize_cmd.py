@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
-from typing import TYPE_CHECKING
-
 import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.analyze_cmd import outlier_table
+from edgert.cli.progress import show_steps
 from edgert.errors import OptionError
-
-if TYPE_CHECKING:
-    from edgert.quant.quantize import QuantResult
+from edgert.quant.guard import Guard
+from edgert.quant.quantize import QuantConfig, QuantResult, quant_record, quantize_model
+from edgert.quant.targets import TARGETS
+from edgert.session import check_threads
 
 
 @click.command("quantize")
@@ -64,12 +66,6 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
             threads: int | None, json_path: str | None) -> None:
     """Quantize MODEL to INT8 with ONNX Runtime, check accuracy on held-out data against
     FP32, and time FP32 vs INT8 side by side."""
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.cli.analyze_cmd import outlier_table
-    from edgert.cli.progress import show_steps
-    from edgert.quant.quantize import Guard, QuantConfig, quant_record, quantize_model
-    from edgert.session import check_threads
-
     if not int8:
         raise OptionError("say which precision: --int8 (the only one supported)")
     check_threads(threads)
@@ -136,8 +132,9 @@ def cpu_line(result: QuantResult) -> str:
         line += f"; set by {'--isa' if isa.source == 'config' else isa.source}, "
         line += f"this CPU has {', '.join(isa.detected) or 'none known'}"
     line += ")"
-    if result.config.target == "tensorrt":
-        line += "; target tensorrt always gets symmetric S8S8 QDQ"
+    target = TARGETS[result.config.target]
+    if target.kernel_words:
+        line += f"; target {target.name} always gets {target.kernel_words}"
     return line
 
 
@@ -156,18 +153,9 @@ def candidate_table(result: QuantResult) -> Table:
 
 
 def guard_line(result: QuantResult) -> str:
-    """Whether the guard held, on which metric, with the cosine mean and min (decoders: the
-    next-token agreement and KL)."""
-    acc = result.accuracy
+    """Whether the guard held, and the accuracy in words (the guard's metric first)."""
     guard = result.config.guard
-    if result.decoder:
-        default = " (the default for decoders)" if result.default_guard else ""
-        return f"guard {guard}{default} held: {acc.summary()}"
-    if result.image:
-        return f"{'no guard' if guard is None else f'guard {guard} held'}: {acc.summary()}"
-    cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
     if guard is None:
-        return f"no guard: {cosine}, SQNR {acc.sqnr_db:.1f} dB"
-    if guard.metric == "sqnr":
-        return f"guard {guard} held: SQNR {acc.sqnr_db:.1f} dB ({cosine})"
-    return f"guard {guard} held: {cosine}"
+        return f"no guard: {result.accuracy.summary()}"
+    default = f" (the default for {result.kind.plural})" if result.default_guard else ""
+    return f"guard {guard}{default} held: {result.accuracy.summary(guard.metric)}"
