@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgert._io import check_outputs, write_text_atomic
-from edgert.cli.analyze_cmd import outlier_table
+from edgert.cli.outlier_table import outlier_table
 from edgert.cli.progress import show_steps
 from edgert.errors import OptionError
 from edgert.quant.guard import Guard
