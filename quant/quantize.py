@@ -24,8 +24,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgert import cpu
-from edgert._io import atomic_output, check_output_path, temporary_directory, tempfiles_in
-from edgert.errors import QuantizeError
+from edgert._io import atomic_output, check_output_path, path_argument, temporary_directory, tempfiles_in
+from edgert.errors import OptionError, QuantizeError
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY, Manifest
 from edgert.quant.guard import Guard
@@ -72,6 +72,10 @@ class QuantConfig:
         TARGETS[self.target].check_mode(self.mode)
         if self.calib_size < 1:
             raise QuantizeError(f"calib size must be >= 1, got {self.calib_size}")
+        blank = [item for item in self.exclude if not item.strip()]
+        if blank:
+            raise OptionError(f"--exclude {blank[0]!r} is blank; give a node name, an op type or a torch "
+                              "module path (such as lm_head or layers.0)")
         if self.guard is not None:
             self.guard.check()
         if self.isa is not None:
@@ -139,8 +143,8 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     those get quantized."""
     step = on_step or (lambda _: None)
     config.check()
-    calib = None if calib is None else Path(calib)
-    heldout = None if heldout is None else Path(heldout)
+    calib = None if calib is None else path_argument(calib, "calibration data path", OptionError)
+    heldout = None if heldout is None else path_argument(heldout, "held-out data path", OptionError)
     output = check_output_path(output, inputs=(model, calib, heldout))
     options = session_options(threads, spin=False)
     reference = Session(model, options=options)

@@ -8,7 +8,7 @@ import pytest
 
 import edgert
 from edgert import cpu
-from edgert.errors import CalibrationError, ModelLoadError, QuantizeError
+from edgert.errors import CalibrationError, ModelLoadError, OptionError, QuantizeError
 from edgert.quant.evaluate import Accuracy
 from edgert.quant.guard import Guard
 from edgert.quant.kernels import KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, choose_kernel
@@ -311,4 +311,43 @@ def test_speed_check_fits_a_short_max_length(tmp_path):
     calib.write_text("hello world\nedge inference a b\n")
     result = quantize_model(model, tmp_path / "q.onnx", QuantConfig(mode="dynamic"), calib=calib)
     assert result.speed.seq == 16 and result.speed.speedup > 0
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--guard", "", "bad guard ''"),
+    ("--guard", " ", "bad guard ' '"),
+    ("--exclude", "", "--exclude '' is blank"),
+    ("--exclude", " ", "--exclude ' ' is blank"),
+    ("--calib", "", "calibration data path is empty"),
+    ("--heldout", "", "held-out data path is empty"),
+    ("--json", "", "output path is empty"),
+])
+def test_cli_refuses_blank_option_values(tiny_model, tiny_calib, tmp_path, option, value, message):
+    """An empty or blank value is refused up front, never read as "not given" (`--guard ""` used
+    to quantize without a guard, `--exclude ""` kept unnamed nodes in float, `--heldout ""` judged
+    on the calibration data)."""
+    from click.testing import CliRunner
+
+    from edgert.cli import cli
+
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(tiny_model), "--int8", "-o", str(out), "--report", "0"]
+    args += ["--calib", str(tiny_calib)] if option != "--calib" else []
+    result = CliRunner().invoke(cli, [*args, option, value])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.stderr
+    assert message in lines[-1] and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "tiny.onnx"]
+
+
+def test_api_refuses_blank_excludes_and_data_paths(tiny_model, tiny_calib, tmp_path):
+    out = tmp_path / "q.onnx"
+    with pytest.raises(OptionError, match="--exclude '' is blank"):
+        quantize_model(tiny_model, out, QuantConfig(exclude=("MatMul", "")), calib=tiny_calib)
+    with pytest.raises(OptionError, match="held-out data path is empty"):
+        quantize_model(tiny_model, out, QuantConfig(), calib=tiny_calib, heldout="")
+    with pytest.raises(OptionError, match="calibration data path is empty"):
+        quantize_model(tiny_model, out, QuantConfig(), calib=" ")
+    assert not out.exists()
 

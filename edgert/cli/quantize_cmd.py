@@ -72,7 +72,7 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     check_outputs([output, json_path], inputs=[model, calib, heldout])
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
                          target=target, calib_size=calib_size, fuse=fuse, isa=isa,
-                         guard=Guard.parse(guard) if guard else None)
+                         guard=None if guard is None else Guard.parse(guard))
     with show_steps("quantize", {}) as step:
         result = quantize_model(model, output, config, calib=calib, heldout=heldout,
                                 threads=threads, on_step=step)
@@ -107,7 +107,7 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     else:
         console.print(line)
     console.print(f"wrote {result.path}")
-    if json_path:
+    if json_path is not None:
         record = {"path": str(result.path), **quant_record(result)}
         write_text_atomic(json_path, json.dumps(record, indent=1), inputs=[model, calib, heldout, output])
         console.print(f"wrote {json_path}")
