@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 from onnx import inliner
 
+from edgert.errors import DependencyError
 from edgert.model_info import EDGERT_DOMAIN
 from edgert.plan import channels_last_overload
 from edgert.quant.kernels import OP_TYPES
@@ -51,9 +52,14 @@ def inline_functions(proto: onnx.ModelProto, functions: list[tuple[str, str]], o
     (a CascadedGroupAttention picks each head's convolution weights with Gather) are folded
     afterwards, so those weights are initializers again and get per-channel weight
     quantization."""
-    import onnx_ir as ir
-    import onnx_ir.passes.common as ir_passes
-    import onnxscript.optimizer
+    try:
+        import onnx_ir as ir
+        import onnx_ir.passes.common as ir_passes
+        import onnxscript.optimizer
+    except ImportError:
+        names = ", ".join(f"{domain}::{name}" for domain, name in functions)
+        raise DependencyError(f"quantizing the custom ops {names} needs onnxscript to inline them: "
+                              "pip install 'edgert[export]'") from None
 
     inlined = inliner.inline_selected_functions(*_named_calls(proto, functions))
     for function in [f for f in inlined.functions if (f.domain, f.name) in functions]:

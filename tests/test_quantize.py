@@ -1,6 +1,7 @@
 """edgert quantize: QDQ / dynamic INT8 with calibration, guard, speed check and manifest."""
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -351,3 +352,14 @@ def test_api_refuses_blank_excludes_and_data_paths(tiny_model, tiny_calib, tmp_p
         quantize_model(tiny_model, out, QuantConfig(), calib=" ")
     assert not out.exists()
 
+
+def test_quantize_without_onnxscript_runs_unfused(tiny_model, tiny_calib, tmp_path, monkeypatch):
+    """onnxscript (and onnx_ir) come with edgert[export]: without them there is no fusion, and a
+    warning says so."""
+    for name in ("onnxscript", "onnx_ir"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "edgert.quant.fuse", raising=False)  # imported afresh
+    out = tmp_path / "int8.onnx"
+    with pytest.warns(UserWarning, match="onnxscript is not installed"):
+        result = quantize_model(tiny_model, out, QuantConfig(mode="dynamic"), calib=tiny_calib)
+    assert result.fused == {} and out.exists()
