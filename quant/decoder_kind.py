@@ -21,7 +21,7 @@ from edgert.quant.model_kind import (DataRequest, FloatRanking, KindData, NodeGr
 from edgert.quant.outliers import OUTLIER_SAMPLES, TensorStats, producer_scope
 from edgert.session import Session
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: quantize imports the kinds
     from edgert.quant.quantize import QuantResult
 
 ACCURACY_METHOD = ("next-token top-1 agreement and mean KL(p_fp32 || p_int8) in nats, "

@@ -6,6 +6,7 @@ default), float nodes chosen by their inputs' activation outliers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgert.errors import QuantizeError
 from edgert.quant import evaluate
@@ -15,6 +16,9 @@ from edgert.quant.model_kind import (DataRequest, FloatRanking, KindData, Probe,
                                      outlier_ranking)
 from edgert.quant.outliers import TensorStats
 from edgert.session import Session
+
+if TYPE_CHECKING:  # annotations only: quantize imports the kinds
+    from edgert.quant.quantize import QuantResult
 
 
 class EncoderKind:
@@ -51,7 +55,7 @@ class EncoderKind:
                 step: Step) -> FloatRanking:
         return outlier_ranking(graph, outliers)
 
-    def record(self, result) -> dict:
+    def record(self, result: QuantResult) -> dict:
         return {}
 
 

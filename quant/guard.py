@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgert.errors import QuantizeError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: model_kind imports this module
     from edgert.quant.model_kind import MeasuredAccuracy
 
 # Guard thresholds a quantized model can meet: cosine 1 means bit-exact; 8-bit rounding noise

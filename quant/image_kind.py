@@ -17,7 +17,7 @@ from edgert.quant.model_kind import (DataRequest, FloatRanking, KindData, Probe,
 from edgert.quant.outliers import TensorStats
 from edgert.session import Session
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: quantize imports the kinds
     from edgert.quant.quantize import QuantResult
 
 # Static INT8 of image classifiers also quantizes what lies between the convolutions (residual

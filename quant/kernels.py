@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from edgert import cpu
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: model_kind imports this module
     from edgert.quant.guard import Guard
     from edgert.quant.model_kind import MeasuredAccuracy
 
