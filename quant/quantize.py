@@ -148,6 +148,7 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     output = check_output_path(output, inputs=(model, calib, heldout))
     options = session_options(threads, spin=False)
     reference = Session(model, options=options)
+    model = reference.path
     proto = load_onnx_proto(model)
     target = TARGETS[config.target]
     _check_quantizable(proto, model, target)
@@ -156,10 +157,10 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
     config = replace(config, guard=guard_of(kind, config.guard))
     isa = cpu.cpu_isa(config.isa)
     kernels = target.kernels(config.mode, isa)
-    data = kind.load(DataRequest(reference, Path(model), calib, heldout, config, threads, options, step))
+    data = kind.load(DataRequest(reference, model, calib, heldout, config, threads, options, step))
 
     with temporary_directory(prefix="edgert-quant-") as work, tempfiles_in(work):
-        pre, inlined = _prepare(proto, Path(model), work, step)
+        pre, inlined = _prepare(proto, model, work, step)
         step("activation outliers")
         outliers = activation_stats(pre, data.samples[:OUTLIER_SAMPLES], threads=threads)
         fused: dict[str, int] = {}
@@ -179,13 +180,7 @@ def quantize_model(model: str | os.PathLike, output: str | os.PathLike, config: 
         kernel = kernels[chosen]
         path, final_nodes, attempts = trial.meet_guard(kernel, paths[chosen], candidates[chosen].accuracy,
                                                        float_nodes, ranking)
-        if speeds and final_nodes == float_nodes:
-            speed = speeds[chosen]
-        else:
-            step("timing FP32 vs INT8")
-            speed = data.evaluation.speeds([data.evaluation.open(path)])[0]
-            if len(candidates) == 1 and final_nodes == float_nodes:
-                candidates[0].speedup = speed.speedup
+        speed = trial.speed(path, candidates, speeds, chosen, unchanged=final_nodes == float_nodes)
         result = QuantResult(output, config, final_nodes, attempts[-1].accuracy, speed, kind, attempts,
                              heldout=data.heldout, fused=fused, outliers=outliers, isa=isa, kernel=kernel,
                              candidates=candidates, choice=target.choice(choice), default_guard=default_guard,
@@ -261,6 +256,18 @@ class _Trial:
             _, measured = self.quantize(kernel, float_nodes, path)
             attempts.append(Attempt(len(float_nodes), measured))
         return path, float_nodes, attempts
+
+    def speed(self, path: Path, candidates: list[Candidate], speeds: list[Speed], chosen: int, *,
+              unchanged: bool) -> Speed:
+        """The kept model's speed: the candidates' interleaved timing where it is the chosen
+        candidate `unchanged` by the guard, else timed now (and given to a lone candidate)."""
+        if speeds and unchanged:
+            return speeds[chosen]
+        self.step("timing FP32 vs INT8")
+        speed = self.evaluation.speeds([self.evaluation.open(path)])[0]
+        if len(candidates) == 1 and unchanged:
+            candidates[0].speedup = speed.speedup
+        return speed
 
 
 def _check_quantizable(proto: onnx.ModelProto, model: object, target: Int8Target) -> None:
