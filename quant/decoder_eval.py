@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.errors import EdgertError, OptionError
+from edgert.errors import CalibrationError, EdgertError, OptionError
 from edgert.generator import TASK, Generator
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
 from edgert.plan import TOKENIZER_KEY
 from edgert.profiler import LatencyStats
-from edgert.quant.calib import CalibrationError, load_prompts
+from edgert.quant.calib import load_prompts
 from edgert.session import Session, session_options
 
 METRICS = ("top1", "kl")
@@ -86,7 +86,8 @@ class DecoderAccuracy:
         return {"top-1 agreement": f"{self.top1:.4f}", "KL mean": f"{self.kl_mean:.4f}",
                 "KL max": f"{self.kl_max:.4f}"}
 
-    def summary(self) -> str:
+    def summary(self, metric: str | None = None) -> str:
+        """Agreement and KL in words (whatever the guard's metric)."""
         return (f"top-1 agreement {self.top1:.4f}, KL mean {self.kl_mean:.4f} (max {self.kl_max:.4f}) "
                 f"over {self.positions} positions")
 

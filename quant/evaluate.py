@@ -21,8 +21,25 @@ IMAGE_BATCH = 32  # held-out images run through both models this many at a time
 SQNR_TOLERANCE_DB = 1.0
 
 
+class SqnrRanked:
+    """Kernel choice for the accuracies judged by an SQNR (`sqnr_db`, in dB): higher is more
+    accurate, and within SQNR_TOLERANCE_DB of the best counts as as accurate."""
+
+    sqnr_db: float
+    tolerance = f"{SQNR_TOLERANCE_DB:g} dB SQNR"
+
+    @property
+    def score(self) -> float:
+        """Higher is more accurate: the SQNR."""
+        return self.sqnr_db
+
+    def close_to(self, best: SqnrRanked) -> bool:
+        """As accurate as `best` for choosing a kernel: SQNR within SQNR_TOLERANCE_DB."""
+        return self.sqnr_db >= best.sqnr_db - SQNR_TOLERANCE_DB
+
+
 @dataclass
-class Accuracy:
+class Accuracy(SqnrRanked):
     """Agreement of a model's first output with FP32 over held-out examples.
 
     cosine: per example, the cosine of the flattened output to FP32's (encoders);
@@ -33,25 +50,21 @@ class Accuracy:
     cosine_min: float
     sqnr_db: float
 
-    tolerance = f"{SQNR_TOLERANCE_DB:g} dB SQNR"
-
     def value(self, metric: str) -> float:
         """The guard's number: `cosine` → mean cosine, `sqnr` → SQNR in dB."""
         return self.cosine_mean if metric == "cosine" else self.sqnr_db
-
-    @property
-    def score(self) -> float:
-        """Higher is more accurate: the SQNR."""
-        return self.sqnr_db
-
-    def close_to(self, best: Accuracy) -> bool:
-        """As accurate as `best` for choosing a kernel: SQNR within SQNR_TOLERANCE_DB."""
-        return self.sqnr_db >= best.sqnr_db - SQNR_TOLERANCE_DB
 
     def columns(self) -> dict[str, str]:
         """Table columns for the CLI: header → formatted value."""
         return {"cosine mean": f"{self.cosine_mean:.4f}", "cosine min": f"{self.cosine_min:.4f}",
                 "SQNR dB": f"{self.sqnr_db:.1f}"}
+
+    def summary(self, metric: str | None = None) -> str:
+        """The cosines and the SQNR in words; a guard's `metric` first (cosine: the cosines alone)."""
+        cosine = f"cosine mean {self.cosine_mean:.4f}, min {self.cosine_min:.4f}"
+        if metric == "sqnr":
+            return f"SQNR {self.sqnr_db:.1f} dB ({cosine})"
+        return cosine if metric == "cosine" else f"{cosine}, SQNR {self.sqnr_db:.1f} dB"
 
 
 def accuracy(reference: Session, candidate: Session, samples: Sequence[dict[str, np.ndarray]]) -> Accuracy:
@@ -71,7 +84,7 @@ def accuracy(reference: Session, candidate: Session, samples: Sequence[dict[str,
 
 
 @dataclass
-class ImageAccuracy:
+class ImageAccuracy(SqnrRanked):
     """An image classifier's INT8 logits against FP32's over held-out images.
 
     top1_agreement: fraction of images whose top class is FP32's; sqnr_db and cosine as in
@@ -88,20 +101,9 @@ class ImageAccuracy:
     int8_top1: float | None = None
     labelled: int = 0
 
-    tolerance = f"{SQNR_TOLERANCE_DB:g} dB SQNR"
-
     def value(self, metric: str) -> float:
         """The guard's number: `top1` → agreement, `sqnr` → SQNR in dB, `cosine` → mean cosine."""
         return {"top1": self.top1_agreement, "sqnr": self.sqnr_db}.get(metric, self.cosine_mean)
-
-    @property
-    def score(self) -> float:
-        """Higher is more accurate: the SQNR of the logits."""
-        return self.sqnr_db
-
-    def close_to(self, best: ImageAccuracy) -> bool:
-        """As accurate as `best` for choosing a kernel: SQNR within SQNR_TOLERANCE_DB."""
-        return self.sqnr_db >= best.sqnr_db - SQNR_TOLERANCE_DB
 
     def columns(self) -> dict[str, str]:
         """Table columns for the CLI: header → formatted value (accuracies when labelled; the
@@ -111,7 +113,9 @@ class ImageAccuracy:
             columns |= {"FP32 acc": f"{self.fp32_top1:.4f}", "INT8 acc": f"{self.int8_top1:.4f}"}
         return columns
 
-    def summary(self) -> str:
+    def summary(self, metric: str | None = None) -> str:
+        """Agreement, SQNR and cosine in words (whatever the guard's metric), with the
+        accuracies where the images are labelled."""
         text = (f"top-1 agreement {self.top1_agreement:.4f} over {self.images} images, "
                 f"logits SQNR {self.sqnr_db:.1f} dB, cosine mean {self.cosine_mean:.4f}")
         if self.labelled:

@@ -16,7 +16,9 @@ Custom ops survive: the model's own functions (the bodies of edgert ops such as
 function it sees, and put back afterwards; attention whose softmax is such an op is then not
 fused into MultiHeadAttention.
 
-The result uses com.microsoft ops, so it is for ONNX Runtime only (not TensorRT).
+The result uses com.microsoft ops, so it is for ONNX Runtime only (not TensorRT). onnxscript
+comes with edgert[export]: `edgert quantize` imports this module only to fuse, and runs
+unfused (with a warning) without it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+
+import onnx_ir as ir
+from onnx_ir.passes import common as passes
+from onnxscript.optimizer import optimize
+from onnxscript.rewriter import rewrite
+from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
+from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
+from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
+from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
+from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
+from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
 
 from edgert.errors import first_line
 
@@ -42,8 +58,6 @@ def fuse_for_ort_cpu(source: str | Path, destination: str | Path, *,
     `source` into `destination`; return how many nodes of each fused op type the result has
     (all zero: nothing matched). If fusion fails, `destination` is a copy of `source`, the
     counts are zero and a warning says why."""
-    import onnx_ir as ir
-
     model = ir.load(str(source))
     try:
         counts = fuse_ir_model(model, skip_layer_norm=skip_layer_norm)
@@ -59,8 +73,6 @@ def fuse_for_ort_cpu(source: str | Path, destination: str | Path, *,
 def fuse_model(model, *, skip_layer_norm: bool = True):
     """`model` (an onnx.ModelProto) fused as fuse_for_ort_cpu fuses a file: returns the fused
     ModelProto (metadata_props, IR version and custom-op functions kept) and the op counts."""
-    import onnx_ir as ir
-
     fused = ir.serde.deserialize_model(model)
     counts = fuse_ir_model(fused, skip_layer_norm=skip_layer_norm)
     return ir.serde.serialize_model(fused), counts
@@ -71,19 +83,6 @@ def fuse_ir_model(model, *, skip_layer_norm: bool = True) -> dict[str, int]:
     (fused_op_types). `skip_layer_norm=False` leaves each residual Add + LayerNormalization
     as it is. Raises FusionError if an intermediate op of onnxscript's fusions is left over
     (then `model` is unusable)."""
-    from onnx_ir.passes import common as passes
-    from onnxscript.optimizer import optimize
-    from onnxscript.rewriter import rewrite
-    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
-    from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
-    from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
-    from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
-    from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
-    from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
-    from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
-    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
-    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
-
     passes.ShapeInferencePass()(model)  # with the functions in place, so custom ops get types
     own_functions = dict(model.functions)
     model.functions.clear()

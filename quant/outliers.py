@@ -15,13 +15,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from edgert._io import temporary_directory
 from edgert.model_info import load_onnx_proto
+from edgert.session import Session, session_options
 
 # Ops whose outputs are shapes, indices or constants, not activations worth quantizing.
 NON_ACTIVATION_OPS = {"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero",
                       "Equal", "Less", "Greater", "Not", "And", "Or", "Where", "Cast", "Expand"}
+# Examples `edgert quantize` takes statistics over: enough for stable max/kurtosis ranks; the
+# full calibration set would cost minutes.
+OUTLIER_SAMPLES = 32
 
 
 @dataclass
@@ -100,8 +105,6 @@ def producer_scope(node) -> str:
 
 def activation_names(model) -> dict[str, tuple[str, str]]:
     """Float activation tensors of `model` (a ModelProto) → (op type, producer scope)."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
     float_values = {v.name for v in [*inferred.graph.value_info, *inferred.graph.output]
                     if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
@@ -127,10 +130,6 @@ def activation_stats(model_path: str | Path, samples: Sequence[dict[str, np.ndar
     Makes two passes (ranges first, then the error at those ranges); `progress` is
     called once per sample per pass.
     """
-    import onnx
-
-    from edgert.session import Session, session_options
-
     model = load_onnx_proto(model_path)
     names = activation_names(model)
     existing = {o.name for o in model.graph.output}

@@ -1,6 +1,7 @@
 """edgert quantize: QDQ / dynamic INT8 with calibration, guard, speed check and manifest."""
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -8,11 +9,11 @@ import pytest
 
 import edgert
 from edgert import cpu
-from edgert.errors import ModelLoadError
-from edgert.quant.calib import CalibrationError
+from edgert.errors import CalibrationError, ModelLoadError, OptionError, QuantizeError
 from edgert.quant.evaluate import Accuracy
-from edgert.quant.quantize import (KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, Guard, QuantConfig,
-                                   QuantizeError, choose_kernel, quantize_model)
+from edgert.quant.guard import Guard
+from edgert.quant.kernels import KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, choose_kernel
+from edgert.quant.quantize import QuantConfig, quantize_model
 
 from conftest import run_cli
 
@@ -311,3 +312,54 @@ def test_speed_check_fits_a_short_max_length(tmp_path):
     calib.write_text("hello world\nedge inference a b\n")
     result = quantize_model(model, tmp_path / "q.onnx", QuantConfig(mode="dynamic"), calib=calib)
     assert result.speed.seq == 16 and result.speed.speedup > 0
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--guard", "", "bad guard ''"),
+    ("--guard", " ", "bad guard ' '"),
+    ("--exclude", "", "--exclude '' is blank"),
+    ("--exclude", " ", "--exclude ' ' is blank"),
+    ("--calib", "", "calibration data path is empty"),
+    ("--heldout", "", "held-out data path is empty"),
+    ("--json", "", "output path is empty"),
+])
+def test_cli_refuses_blank_option_values(tiny_model, tiny_calib, tmp_path, option, value, message):
+    """An empty or blank value is refused up front, never read as "not given" (`--guard ""` used
+    to quantize without a guard, `--exclude ""` kept unnamed nodes in float, `--heldout ""` judged
+    on the calibration data)."""
+    from click.testing import CliRunner
+
+    from edgert.cli import cli
+
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(tiny_model), "--int8", "-o", str(out), "--report", "0"]
+    args += ["--calib", str(tiny_calib)] if option != "--calib" else []
+    result = CliRunner().invoke(cli, [*args, option, value])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.stderr
+    assert message in lines[-1] and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "tiny.onnx"]
+
+
+def test_api_refuses_blank_excludes_and_data_paths(tiny_model, tiny_calib, tmp_path):
+    out = tmp_path / "q.onnx"
+    with pytest.raises(OptionError, match="--exclude '' is blank"):
+        quantize_model(tiny_model, out, QuantConfig(exclude=("MatMul", "")), calib=tiny_calib)
+    with pytest.raises(OptionError, match="held-out data path is empty"):
+        quantize_model(tiny_model, out, QuantConfig(), calib=tiny_calib, heldout="")
+    with pytest.raises(OptionError, match="calibration data path is empty"):
+        quantize_model(tiny_model, out, QuantConfig(), calib=" ")
+    assert not out.exists()
+
+
+def test_quantize_without_onnxscript_runs_unfused(tiny_model, tiny_calib, tmp_path, monkeypatch):
+    """onnxscript (and onnx_ir) come with edgert[export]: without them there is no fusion, and a
+    warning says so."""
+    for name in ("onnxscript", "onnx_ir"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "edgert.quant.fuse", raising=False)  # imported afresh
+    out = tmp_path / "int8.onnx"
+    with pytest.warns(UserWarning, match="onnxscript is not installed"):
+        result = quantize_model(tiny_model, out, QuantConfig(mode="dynamic"), calib=tiny_calib)
+    assert result.fused == {} and out.exists()

@@ -15,10 +15,13 @@ import onnx
 import pytest
 
 from edgert import Generator, cpu
+from edgert.errors import CalibrationError, QuantizeError
 from edgert.quant import decoder_eval
-from edgert.quant.calib import BUNDLED_TEXT, CalibrationError
+from edgert.quant.calib import BUNDLED_TEXT
+from edgert.quant.guard import Guard
+from edgert.quant.kernels import U8S8, U8S8_REDUCED, U8U8
 from edgert.quant.outliers import producer_scope
-from edgert.quant.quantize import U8S8, U8S8_REDUCED, U8U8, Guard, QuantConfig, QuantizeError, quantize_model
+from edgert.quant.quantize import QuantConfig, quantize_model
 from edgert.session import Session
 
 from conftest import make_tiny_model, run_cli, save_tiny_decoder

@@ -5,6 +5,7 @@ labels, image calibration data, INT8 quantization judged on held-out images, and
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert.cli import cli
-from edgert.errors import EdgertError
+from edgert.errors import DependencyError, EdgertError
 from edgert.images import ImageError, ImageSpec, folder_labels, image_files, load_image, preprocess, top_k
 from edgert.plan import MANIFEST_KEY, Manifest
 from edgert.quant.calib import CalibrationError, load_images
@@ -347,6 +348,17 @@ def test_cli_quantize_shows_accuracy_and_writes_json(vision_model, tmp_path):
     assert_one_error(invoke("quantize", vision_model, "--int8", "-o", tmp_path / "q2.onnx", "--calib", calib),
                      "notes.txt is not an image")
     assert not (tmp_path / "q2.onnx").exists()
+
+
+def test_quantize_custom_ops_without_onnxscript_is_a_clean_error(vision_model, tmp_path, monkeypatch):
+    """Inlining edgert ops needs onnxscript (edgert[export]): without it, a DependencyError
+    naming the ops, not an ImportError."""
+    for name in ("onnxscript", "onnx_ir"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(DependencyError, match=r"edgert::CascadedGroupAttention needs onnxscript.*edgert\[export\]"):
+        quantize_model(vision_model, out, QuantConfig(calib_size=4), calib=image_folder(tmp_path / "calib", 1))
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert.cli.outlier_table import outlier_table
+
 
 @click.group("analyze")
 def command() -> None:
@@ -46,16 +48,6 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
                                              f"{len(samples)} examples, worst SQNR first"))
     if json_path:
         write_text_atomic(json_path, json.dumps([s.to_dict() for s in stats], indent=1))
-
-
-def outlier_table(stats, title: str) -> Table:
-    """A table of TensorStats rows, worst first as given."""
-    table = Table(title=title)
-    for column in ("tensor", "op", "module", "max |x|", "kurtosis", "SQNR dB"):
-        table.add_column(column, justify="left" if column in ("tensor", "op", "module") else "right")
-    for s in stats:
-        table.add_row(s.name, s.op_type, s.where, f"{s.max_abs:.3g}", f"{s.kurtosis:.1f}", f"{s.sqnr_db:.1f}")
-    return table
 
 
 @command.command("heads")

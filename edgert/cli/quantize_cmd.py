@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
-from typing import TYPE_CHECKING
-
 import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.outlier_table import outlier_table
+from edgert.cli.progress import show_steps
 from edgert.errors import OptionError
-
-if TYPE_CHECKING:
-    from edgert.quant.quantize import QuantResult
+from edgert.quant.guard import Guard
+from edgert.quant.quantize import QuantConfig, QuantResult, quant_record, quantize_model
+from edgert.quant.targets import TARGETS
+from edgert.session import check_threads
 
 
 @click.command("quantize")
@@ -64,19 +66,13 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
             threads: int | None, json_path: str | None) -> None:
     """Quantize MODEL to INT8 with ONNX Runtime, check accuracy on held-out data against
     FP32, and time FP32 vs INT8 side by side."""
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.cli.analyze_cmd import outlier_table
-    from edgert.cli.progress import show_steps
-    from edgert.quant.quantize import Guard, QuantConfig, quant_record, quantize_model
-    from edgert.session import check_threads
-
     if not int8:
         raise OptionError("say which precision: --int8 (the only one supported)")
     check_threads(threads)
     check_outputs([output, json_path], inputs=[model, calib, heldout])
     config = QuantConfig(mode=mode, method=method, per_channel=per_channel, exclude=exclude,
                          target=target, calib_size=calib_size, fuse=fuse, isa=isa,
-                         guard=Guard.parse(guard) if guard else None)
+                         guard=None if guard is None else Guard.parse(guard))
     with show_steps("quantize", {}) as step:
         result = quantize_model(model, output, config, calib=calib, heldout=heldout,
                                 threads=threads, on_step=step)
@@ -111,7 +107,7 @@ def command(model: str, output: str, int8: bool, mode: str, calib: str | None, c
     else:
         console.print(line)
     console.print(f"wrote {result.path}")
-    if json_path:
+    if json_path is not None:
         record = {"path": str(result.path), **quant_record(result)}
         write_text_atomic(json_path, json.dumps(record, indent=1), inputs=[model, calib, heldout, output])
         console.print(f"wrote {json_path}")
@@ -136,8 +132,9 @@ def cpu_line(result: QuantResult) -> str:
         line += f"; set by {'--isa' if isa.source == 'config' else isa.source}, "
         line += f"this CPU has {', '.join(isa.detected) or 'none known'}"
     line += ")"
-    if result.config.target == "tensorrt":
-        line += "; target tensorrt always gets symmetric S8S8 QDQ"
+    target = TARGETS[result.config.target]
+    if target.kernel_words:
+        line += f"; target {target.name} always gets {target.kernel_words}"
     return line
 
 
@@ -156,18 +153,9 @@ def candidate_table(result: QuantResult) -> Table:
 
 
 def guard_line(result: QuantResult) -> str:
-    """Whether the guard held, on which metric, with the cosine mean and min (decoders: the
-    next-token agreement and KL)."""
-    acc = result.accuracy
+    """Whether the guard held, and the accuracy in words (the guard's metric first)."""
     guard = result.config.guard
-    if result.decoder:
-        default = " (the default for decoders)" if result.default_guard else ""
-        return f"guard {guard}{default} held: {acc.summary()}"
-    if result.image:
-        return f"{'no guard' if guard is None else f'guard {guard} held'}: {acc.summary()}"
-    cosine = f"cosine mean {acc.cosine_mean:.4f}, min {acc.cosine_min:.4f}"
     if guard is None:
-        return f"no guard: {cosine}, SQNR {acc.sqnr_db:.1f} dB"
-    if guard.metric == "sqnr":
-        return f"guard {guard} held: SQNR {acc.sqnr_db:.1f} dB ({cosine})"
-    return f"guard {guard} held: {cosine}"
+        return f"no guard: {result.accuracy.summary()}"
+    default = f" (the default for {result.kind.plural})" if result.default_guard else ""
+    return f"guard {guard}{default} held: {result.accuracy.summary(guard.metric)}"
