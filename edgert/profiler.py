@@ -24,6 +24,7 @@ import numpy as np
 from edgert._io import path_argument
 from edgert.devices import DEVICES
 from edgert.errors import EdgertError, OptionError, shown_path
+from edgert.memory import peak_rss_mb, reset_peak_rss, rss_mb
 from edgert.session import Session, check_threads, session_options
 from edgert.synth import synthesize_inputs
 
@@ -134,42 +135,6 @@ class BenchReport:
         data = asdict(self)
         data["config"]["shapes"] = {k: list(v) for k, v in self.config.shapes.items()}
         return data
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process in MiB (0 where unknown)."""
-    return _proc_status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size since the last reset_peak_rss(), in MiB."""
-    peak = _proc_status_mb("VmHWM")
-    if peak:
-        return peak
-    import resource  # not Linux: whole-process peak, cannot be reset
-
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if os.uname().sysname == "Darwin" else maxrss / 1024
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux; no-op elsewhere)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _proc_status_mb(key: str) -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 Progress = Callable[[int], None]

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from edgert import CacheLayout, EdgertError, Generator
 from edgert.cli import cli
+from edgert.memory import format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
 from conftest import make_embedding_model, run_cli, save_tiny_decoder
@@ -82,8 +83,6 @@ def test_generate_by_ids_equals_the_api(decoders, model):
     assert ids_line(result.stdout) == expected and len(expected) == 12
     summary = SUMMARY.fullmatch(result.stdout.splitlines()[-1])
     assert summary, result.stdout
-    from edgert.cli.bench_cmd import format_bytes
-
     assert summary.groups() == ("3", "12", format_bytes(generator.cache_bytes()))
 
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgert.devices import DEVICES
+from edgert.memory import format_bytes
 
 
 @click.command("bench")
@@ -178,10 +179,3 @@ def _decode_tables(report) -> list[Table]:
     _caption_disagreement(facts, report.models)
     return [latency, facts]
 
-
-def format_bytes(size: int) -> str:
-    """A byte count in KiB, MiB or GiB with one decimal (bytes below 1 KiB)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
