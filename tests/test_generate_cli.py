@@ -3,15 +3,18 @@ Llama decoders (exported once per module), and every bad input of issue 9 ending
 `Error:` line with exit code 2."""
 
 import json
+import os
 import re
+import resource
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgert import CacheLayout, EdgertError, Generator
+from edgert import CacheLayout, EdgertError, Generator, InputError
 from edgert.cli import cli
 from edgert.memory import format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
@@ -292,7 +295,7 @@ def test_generate_bad_models(decoders):
     (["{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder exported by edgert"),
     (["{full}", "{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder"),
     (["{full}", "--decode", "--context", "500", "--new-tokens", "20"],
-     "prompt (500 tokens) + max_new_tokens (20) exceeds the limit of 512 tokens"),
+     "context (500 tokens) + new_tokens (20) exceeds the limit of 512 tokens"),
     (["{full}", "--decode", "--context", "8", "--new-tokens", "1"], "new_tokens must be >= 2"),
     (["{full}", "--decode", "--context", "0"], "context must be >= 1, got 0"),
     (["{full}", "--decode", "--batch", "0"], "batch must lie in 1..65536, got 0"),
@@ -308,6 +311,28 @@ def test_bench_decode_bad_input(decoders, tmp_path, args, message):
     assert_one_error(run_cli("bench", *args, "--iters" if "--iters" not in args else "--warmup", "1",
                              "--json", str(out)), message)
     assert not out.exists()
+
+
+def run_cli_within(address_space_mib: int, *args: str) -> subprocess.CompletedProcess:
+    """run_cli with the process's address space limited, so that a command which allocates what
+    it should have refused fails (MemoryError: internal error, exit 1) instead of swapping."""
+    limit = address_space_mib * 2**20
+    return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+
+
+def test_bench_decode_checks_the_context_before_drawing_the_prompt(decoders):
+    """Issue 17: `bench --decode --context 1000000000` drew the prompt (tens of GB of token ids)
+    before comparing it with the model's limit; 1 GiB of address space is plenty for the check."""
+    result = run_cli_within(1024, "bench", str(decoders["full"]), "--decode", "--context", "1000000000",
+                            "--new-tokens", "4", "--iters", "1", "--warmup", "0", "--threads", "1")
+    assert_one_error(result, "context (1000000000 tokens) + new_tokens (4) exceeds the limit of 512 tokens")
+    generator = Generator(decoders["full"], threads=1)
+    with pytest.raises(InputError, match=r"context \(10000000000000 tokens\) \+ new_tokens \(4\) exceeds"):
+        profile_decode(generator, context=10**13, new_tokens=4)  # was numpy's MemoryError
+    with pytest.raises(InputError, match="exceeds the limit of 512 tokens"):
+        bench_decode([str(decoders["full"])], DecodeConfig(context=10**13, new_tokens=4, iters=1, warmup=0))
 
 
 def invoke(*args: str):
