@@ -2,7 +2,8 @@
 edgert.Generator runs on random prompts (profile_decode for one run, bench_decode for
 models alone and then interleaved in rounds of one generation each).
 
-Every size is checked against the model (its max_length) before a prompt exists.
+Every size is checked against the model (its max_length) and the machine (the memory the
+generation and its prompt need) before a prompt or a cache exists.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def profile_decode(generator: Generator, *, context: int, new_tokens: int, batch
     in [3, vocab) per batch row (rows differ; np.random.default_rng(seed)), then exactly
     `new_tokens` tokens (greedy, no stop ids). prefill_s runs from the `stream` call to the
     first token; decode_ms holds the gaps between consecutive tokens. Sizes beyond the
-    generator's max_length raise InputError before any work."""
+    generator's max_length or the memory available raise InputError before any work."""
     check_decode(generator, context=context, new_tokens=new_tokens, batch=batch, seed=seed)
     if label is not None and not isinstance(label, str):
         raise OptionError(f"label must be a str or None, got {type(label).__name__}")
@@ -74,7 +75,8 @@ def profile_decode(generator: Generator, *, context: int, new_tokens: int, batch
 def check_decode(generator: object, *, context: object, new_tokens: object, batch: object,
                  seed: object) -> None:
     """OptionError for an argument of profile_decode out of its bounds, InputError when the
-    generation exceeds the generator's max_length; nothing is allocated."""
+    generation exceeds the generator's max_length or (prompt lists, KV cache, prefill
+    activations) the memory available; nothing is allocated."""
     if not isinstance(generator, Generator):
         raise OptionError(f"generator must be an edgert.Generator, got {type(generator).__name__}")
     for name, value, low, high in (("context", context, 1, None), ("new_tokens", new_tokens, 2, None),
@@ -83,6 +85,7 @@ def check_decode(generator: object, *, context: object, new_tokens: object, batc
     if context + new_tokens > generator.max_length:
         raise InputError(f"context ({context} tokens) + new_tokens ({new_tokens}) exceeds the limit of "
                          f"{generator.max_length} tokens")
+    generator.check_memory(batch, context, new_tokens, prompt_lists=True)
 
 
 @dataclass
@@ -126,7 +129,8 @@ def bench_decode(paths: Sequence[str], config: DecodeConfig, *,
                  progress: Progress | None = None) -> BenchReport:
     """Time generation with each decoder alone, then (with several) all of them interleaved:
     rounds of one generation per model, the starting model rotated each round, after a
-    warm-up. Every model is opened and its limits checked before anything is timed.
+    warm-up. Every model is opened and its limits (max_length, memory) checked before
+    anything is timed.
 
     `progress` is called with 1 after each generation run; the total is
     total_decode_runs(len(paths), config).

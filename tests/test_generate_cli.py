@@ -9,6 +9,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 
 from edgert import CacheLayout, EdgertError, Generator, InputError
 from edgert.cli import cli
-from edgert.memory import format_bytes
+from edgert.memory import available_memory_bytes, format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
 from conftest import make_embedding_model, run_cli, save_tiny_decoder
@@ -399,3 +400,93 @@ def test_generator_api_errors(decoders):
     with pytest.raises(EdgertError, match="exceeds the limit of 16 tokens"):
         limited.generate([5] * 10, 7)
     assert len(limited.generate([5] * 10, 6, stop=())) == 6
+
+
+# --- memory: checked before anything is allocated ---------------------------------------------------
+
+def forbid_allocation(monkeypatch, available: int) -> None:
+    """Pretend `available` bytes of memory are free, and fail loudly if a KV cache is made."""
+    def no_cache(*args, **kwargs):
+        raise AssertionError("a KV cache was allocated after all")
+
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: available)
+    monkeypatch.setattr("edgert.generator.KVCache", no_cache)
+
+
+def test_generator_counts_prefill_activations_not_only_the_cache(decoders, monkeypatch):
+    """Issue 17: only the KV cache was checked; batch 64 x 500 tokens needs 16 MiB of cache but
+    a prefill working set of about 2 GiB (scores [64, 4 heads, 500, 500] per layer, several
+    times), which a machine with 100 MiB free must refuse before allocating anything."""
+    generator = Generator(decoders["full"], threads=1)
+    needed = generator.memory_needed(64, 500, 4)
+    assert needed.cache == generator.layout.cache_bytes(64, 504) < 100 * 2**20 < needed.activations
+    forbid_allocation(monkeypatch, 100 * 2**20)
+    with pytest.raises(InputError, match=r"^batch 64 x 500 tokens of prompt \+ 4 new needs about "
+                                         rf"{re.escape(format_bytes(needed.total))} \(KV cache {re.escape(format_bytes(needed.cache))}, "
+                                         r"prefill activations about [\d.]+ GiB, prompt arrays [\d.]+ MiB\), "
+                                         r"more than the 100\.0 MiB of memory available"):
+        generator.generate([[5] * 500] * 64, 4, stop=())
+    with pytest.raises(InputError, match="prefill activations"):
+        profile_decode(generator, context=500, new_tokens=4, batch=64)
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "{full}", "--decode", "--batch", "64", "--context", "500", "--new-tokens", "4"],
+    # passkey generates its trials as one batch: 200 prompts of 400 tokens
+    ["eval", "passkey", "{full}", "--trials", "200", "--context", "400", "--depths", "0"],
+])
+def test_commands_refuse_generations_that_do_not_fit(decoders, monkeypatch, args):
+    forbid_allocation(monkeypatch, 256 * 2**20)
+    result = invoke(*(a.format(full=decoders["full"]) for a in args), "--threads", "1")
+    assert_one_error(result, "prefill activations about")
+    assert "more than the 256.0 MiB of memory available; use a smaller batch or a shorter prompt" in result.stderr
+
+
+def test_bench_decode_batch_65536_is_refused_before_allocating(decoders):
+    """Issue 17: `bench --decode --batch 65536` passed the KV cache check on a big machine and
+    grew while prefilling; its estimate (about 0.7 TB) is refused, within 1 GiB of address space."""
+    needed = Generator(decoders["full"]).memory_needed(65536, 256, 64, prompt_lists=True).total
+    available = available_memory_bytes()
+    if available is None or available >= needed:
+        pytest.skip(f"this machine has {format_bytes(available or 0)} free, enough for the run")
+    result = run_cli_within(1024, "bench", str(decoders["full"]), "--decode", "--batch", "65536",
+                            "--iters", "1", "--warmup", "0", "--threads", "1")
+    assert_one_error(result, f"batch 65536 x 256 tokens of prompt + 64 new needs about {format_bytes(needed)}")
+
+
+def test_a_loop_of_generations_reuses_what_the_last_one_held(decoders, monkeypatch):
+    """After one generation ONNX Runtime's arena and the KV cache hold its memory; the next
+    generation of the same size reuses it, so the check must not refuse a loop (passkey trials,
+    bench iterations) on the second run because the first one's memory is no longer free."""
+    generator = Generator(decoders["full"], threads=1)
+    needed = generator.memory_needed(16, 500, 4)
+    tight = needed.total - needed.activations  # enough only once the activations are held
+    prompts = [[5] * 500] * 16
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: tight)
+    with pytest.raises(InputError, match="prefill activations"):
+        generator.generate(prompts, 4, stop=())
+    monkeypatch.undo()
+    first = generator.generate(prompts, 4, stop=())
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: tight - needed.cache)
+    assert generator.generate(prompts, 4, stop=()) == first
+
+
+def test_the_memory_estimate_bounds_what_generation_takes(decoders):
+    """The estimate is an upper bound of the resident set a process grows by over three
+    prefills of 16 x 500 tokens, and not absurdly above it (at most 2.5x; measured 1.45x)."""
+    code = textwrap.dedent(f"""
+        from edgert import Generator
+        from edgert.memory import peak_rss_mb, reset_peak_rss, rss_mb
+        generator = Generator({str(decoders["full"])!r}, threads=1)
+        generator.generate([5, 6, 7], 2, stop=())
+        prompts = [[(7 * i + j) % 125 + 3 for j in range(500)] for i in range(16)]
+        before = rss_mb()
+        reset_peak_rss()
+        for _ in range(3):
+            generator.generate(prompts, 4, stop=())
+        print((peak_rss_mb() - before) * 2**20, generator.memory_needed(16, 500, 4).total)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown, estimate = map(float, result.stdout.split())
+    assert grown <= estimate <= 2.5 * grown, (grown, estimate)
