@@ -4,7 +4,8 @@ on numpy + ONNX Runtime only.
 The prompt is prefilled in chunks (each chunk attends to the cache and to itself, so memory
 for attention scores stays bounded at long contexts), then tokens are decoded one at a time.
 Caches are allocated once per call, sized for prompt + max_new_tokens (edgert/kv_cache.py
-has the layout and how RoPE positions of kept keys are handled).
+has the layout and how RoPE positions of kept keys are handled), once the cache and the
+prefill's working set are known to fit in the memory available (edgert/decode_memory.py).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ class Generator:
         """Estimated peak memory of one generation for `batch` prompts of up to `prompt_tokens`
         tokens and `max_new_tokens` new ones (edgert/decode_memory.py says what it counts);
         prompt_lists: the prompts are still to be made as Python lists."""
+        for what, value, low in (("batch", batch, 1), ("prompt_tokens", prompt_tokens, 1),
+                                 ("max_new_tokens", max_new_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise InputError(f"{what} must be a whole number >= {low}, got {value!r}"[:120])
         return generation_memory(self._shape, batch=batch, prompt_tokens=prompt_tokens,
                                  capacity=prompt_tokens + max_new_tokens, chunk=self.prefill_chunk,
                                  prompt_lists=prompt_lists)

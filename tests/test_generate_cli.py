@@ -428,6 +428,11 @@ def test_generator_counts_prefill_activations_not_only_the_cache(decoders, monke
         generator.generate([[5] * 500] * 64, 4, stop=())
     with pytest.raises(InputError, match="prefill activations"):
         profile_decode(generator, context=500, new_tokens=4, batch=64)
+    for args, message in [((0, 5, 1), "batch must be a whole number >= 1, got 0"),
+                          ((1, 5.0, 1), "prompt_tokens must be a whole number >= 1, got 5.0"),
+                          ((1, 5, -1), "max_new_tokens must be a whole number >= 0, got -1")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            generator.memory_needed(*args)
 
 
 @pytest.mark.parametrize("args", [
