@@ -87,9 +87,9 @@ class GenerationMemory:
         return self.cache + self.activations + self.host
 
     def describe(self) -> str:
-        """`KV cache 1.0 GiB, prefill activations about 2.0 GiB, prompt arrays 1.0 MiB`."""
+        """`KV cache 1.0 GiB, prefill activations about 2.0 GiB, prompt and cache copies 1.0 MiB`."""
         return (f"KV cache {format_bytes(self.cache)}, prefill activations about "
-                f"{format_bytes(self.activations)}, prompt arrays {format_bytes(self.host)}")
+                f"{format_bytes(self.activations)}, prompt and cache copies {format_bytes(self.host)}")
 
 
 def generation_memory(shape: DecoderShape, *, batch: int, prompt_tokens: int, capacity: int,

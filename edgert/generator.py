@@ -233,7 +233,7 @@ class Generator:
     def _new_cache(self, batch: int, prompt_tokens: int, max_new_tokens: int) -> KVCache:
         """Free the last call's cache, then allocate one for `batch` x (`prompt_tokens` +
         `max_new_tokens`) tokens, or InputError when the generation (cache, prefill
-        activations, prompt arrays) cannot fit in the memory available now."""
+        activations, prompt and cache copies) cannot fit in the memory available now."""
         self.check_memory(batch, prompt_tokens, max_new_tokens)
         self._cache = None
         self._cache = KVCache(self.layout, batch, prompt_tokens + max_new_tokens)

@@ -41,7 +41,7 @@ def test_check_fits_counts_what_the_process_will_reuse(monkeypatch):
     needed = GenerationMemory(cache=3 * 2**20, activations=5 * 2**20, host=2**20)
     monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: 8 * 2**20)
     with pytest.raises(InputError, match=r"^batch 2 needs about 9\.0 MiB \(KV cache 3\.0 MiB, prefill activations "
-                                         r"about 5\.0 MiB, prompt arrays 1\.0 MiB\), more than the 8\.0 MiB"):
+                                         r"about 5\.0 MiB, prompt and cache copies 1\.0 MiB\), more than the 8\.0 MiB"):
         check_fits(needed, "batch 2")
     check_fits(needed, "batch 2", reusable=2**20)  # e.g. the last generation's cache, freed first
     monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: None)

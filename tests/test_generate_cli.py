@@ -423,7 +423,7 @@ def test_generator_counts_prefill_activations_not_only_the_cache(decoders, monke
     forbid_allocation(monkeypatch, 100 * 2**20)
     with pytest.raises(InputError, match=r"^batch 64 x 500 tokens of prompt \+ 4 new needs about "
                                          rf"{re.escape(format_bytes(needed.total))} \(KV cache {re.escape(format_bytes(needed.cache))}, "
-                                         r"prefill activations about [\d.]+ GiB, prompt arrays [\d.]+ MiB\), "
+                                         r"prefill activations about [\d.]+ GiB, prompt and cache copies [\d.]+ MiB\), "
                                          r"more than the 100\.0 MiB of memory available"):
         generator.generate([[5] * 500] * 64, 4, stop=())
     with pytest.raises(InputError, match="prefill activations"):
