@@ -37,7 +37,7 @@ class BenchReport:
 
     device: str
     config: BenchConfig | DecodeConfig
-    models: list
+    models: list[ComparedResult]
     interleaved: bool
     warnings: list[str] = field(default_factory=list)
 
