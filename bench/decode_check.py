@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgert.memory import proc_status_bytes
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "decode"
 PLOT = HERE / "decode_check.png"
@@ -93,13 +95,6 @@ def _run_child(job: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _child() -> None:
     import numpy as np
 
@@ -114,7 +109,7 @@ def _child() -> None:
         rss, kv = [], []
         for i, _ in enumerate(generator.stream([3] * 64, job["tokens"], stop=())):
             if i % 250 == 0 or i == job["tokens"] - 1:
-                rss.append((i, _proc_status_bytes("VmRSS:")))
+                rss.append((i, proc_status_bytes("VmRSS")))
                 kv.append(generator.cache_bytes())
         print(json.dumps({"rss": rss, "kv_bytes": kv}))
         return
@@ -125,7 +120,7 @@ def _child() -> None:
         tokens.append(token)
     print(json.dumps({"peer": job["label"], "context": len(job["prompt"]), "new_tokens": job["new_tokens"],
                       "prefill_s": times[0] - start, "decode_ms": list(np.diff(times) * 1e3),
-                      "kv_bytes": generator.cache_bytes(), "peak_rss_bytes": _proc_status_bytes("VmHWM:"),
+                      "kv_bytes": generator.cache_bytes(), "peak_rss_bytes": proc_status_bytes("VmHWM"),
                       "tokens": tokens, "load_s": load_s}))
 
 

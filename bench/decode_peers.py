@@ -242,6 +242,8 @@ def _current_rss_bytes() -> int:
     return _proc_status_bytes("VmRSS:")
 
 
+# edgert.memory.proc_status_bytes does this in edgert, but this file also runs in
+# bench/.venv-genai, where edgert is not installed (see the module docstring).
 def _proc_status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):

@@ -26,7 +26,7 @@ from edgert.exporters.heads import Transform, identity_plan, parse_softmax  # no
 from edgert.exporters.importance import head_importance, load_for_heads, random_scores  # noqa: E402
 from edgert.models.adapters import adapt  # noqa: E402
 from edgert.models.transforms import prune_by_score  # noqa: E402
-from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
+from edgert.latency import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.calib import BUNDLED  # noqa: E402
 from edgert.quant.quantize import QuantConfig, quantize_model  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402

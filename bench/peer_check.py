@@ -36,7 +36,7 @@ from results import machine, write_section  # noqa: E402
 
 import edgert  # noqa: E402
 from edgert.exporters import export  # noqa: E402
-from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
+from edgert.latency import LatencyStats, time_interleaved  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ from results import machine, write_section  # noqa: E402
 
 from edgert.cpu import cpu_isa  # noqa: E402
 from edgert.exporters import export  # noqa: E402
-from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
+from edgert.latency import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.calib import BUNDLED, load_calibration  # noqa: E402
 from edgert.quant.fuse import fuse_for_ort_cpu  # noqa: E402
 from edgert.quant.quantize import Guard, QuantConfig, quantize_model  # noqa: E402

@@ -32,7 +32,7 @@ from results import machine, write_section  # noqa: E402
 from edgert.cpu import cpu_isa  # noqa: E402
 from edgert.exporters.export import export  # noqa: E402
 from edgert.models import vision  # noqa: E402
-from edgert.profiler import LatencyStats, time_interleaved  # noqa: E402
+from edgert.latency import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.quantize import QuantConfig, quantize_model  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402
 

@@ -4,7 +4,8 @@ on numpy + ONNX Runtime only.
 The prompt is prefilled in chunks (each chunk attends to the cache and to itself, so memory
 for attention scores stays bounded at long contexts), then tokens are decoded one at a time.
 Caches are allocated once per call, sized for prompt + max_new_tokens (edgert/kv_cache.py
-has the layout and how RoPE positions of kept keys are handled).
+has the layout and how RoPE positions of kept keys are handled), once the cache and the
+prefill's working set are known to fit in the memory available (edgert/decode_memory.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgert.decode_memory import DecoderShape, GenerationMemory, check_fits, generation_memory
 from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
 from edgert.plan import TOKENIZER_KEY
-from edgert.session import Session, available_memory_bytes
+from edgert.session import Session
 from edgert.text import generation_tokenizer
 
 TASK = "text-generation"
@@ -60,6 +62,9 @@ class Generator:
         self.eos_token_ids = [int(t) for t in decoder.get("eos_token_ids") or []]
         self._output_names = self.session.output_names
         self._cache: KVCache | None = None
+        self._shape = DecoderShape.from_plan(self.layout, manifest.plan, self.vocab_size)
+        # the largest prefill working set this session has run: ONNX Runtime's arena keeps it
+        self._arena_bytes = 0
         self._tokenizer = None
 
     @property
@@ -98,6 +103,29 @@ class Generator:
         """Drop the KV cache of the last generation (its memory is freed)."""
         self._cache = None
 
+    def memory_needed(self, batch: int, prompt_tokens: int, max_new_tokens: int, *,
+                      prompt_lists: bool = False) -> GenerationMemory:
+        """Estimated peak memory of one generation for `batch` prompts of up to `prompt_tokens`
+        tokens and `max_new_tokens` new ones (edgert/decode_memory.py says what it counts);
+        prompt_lists: the prompts are still to be made as Python lists."""
+        for what, value, low in (("batch", batch, 1), ("prompt_tokens", prompt_tokens, 1),
+                                 ("max_new_tokens", max_new_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise InputError(f"{what} must be a whole number >= {low}, got {value!r}"[:120])
+        return generation_memory(self._shape, batch=batch, prompt_tokens=prompt_tokens,
+                                 capacity=prompt_tokens + max_new_tokens, chunk=self.prefill_chunk,
+                                 prompt_lists=prompt_lists)
+
+    def check_memory(self, batch: int, prompt_tokens: int, max_new_tokens: int, *,
+                     prompt_lists: bool = False) -> None:
+        """InputError, naming what the generation needs, unless memory_needed(...) fits in the
+        memory available now plus what this generator holds and will reuse: its current KV
+        cache (freed before the next is allocated) and the activations of a prefill it ran
+        before (ONNX Runtime's arena keeps them)."""
+        memory = self.memory_needed(batch, prompt_tokens, max_new_tokens, prompt_lists=prompt_lists)
+        check_fits(memory, f"batch {batch} x {_tokens(prompt_tokens)} of prompt + {max_new_tokens} new",
+                   reusable=self.cache_bytes() + min(memory.activations, self._arena_bytes))
+
     def generate(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int, *,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, stop: Iterable[int] | None = None) -> list:
@@ -135,7 +163,7 @@ class Generator:
                              f"the limit of {self.max_length} tokens")
         pick = _sampler(temperature, top_k, top_p, seed)
         stop_ids = set(self.eos_token_ids if stop is None else _token_list(stop, "stop"))
-        cache = self._new_cache(len(prompts), longest + max_new_tokens)
+        cache = self._new_cache(len(prompts), longest, max_new_tokens)
         return self._decode(cache, prompts, max_new_tokens, pick, stop_ids, single)
 
     def next_token_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
@@ -149,7 +177,7 @@ class Generator:
                              f"the limit of {self.max_length} tokens")
         if continuation:
             self._check_prompts([continuation])  # ids inside the vocabulary
-        cache = self._new_cache(1, len(prompt) + len(continuation))
+        cache = self._new_cache(1, len(prompt), len(continuation))
         ids = np.asarray([prompt], np.int64)
         positions = np.arange(len(prompt), dtype=np.int64)[None]
         rows = [self._prefill(cache, ids, positions, np.ones_like(ids))[0]]
@@ -186,6 +214,8 @@ class Generator:
 
     def _prefill(self, cache: KVCache, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Run the prompt through the graph in chunks; the logits after its last token."""
+        batch, tokens = ids.shape
+        self._arena_bytes = max(self._arena_bytes, self.memory_needed(batch, tokens, 0).activations)
         for start in range(0, ids.shape[1], self.prefill_chunk):
             end = min(start + self.prefill_chunk, ids.shape[1])
             logits = self._step(cache, ids[:, start:end], positions[:, start:end], mask[:, start:end],
@@ -200,16 +230,13 @@ class Generator:
         cache.append(outputs, positions, mask)
         return outputs[LOGITS]
 
-    def _new_cache(self, batch: int, capacity: int) -> KVCache:
-        """Free the last call's cache, then allocate one for `batch` x `capacity` tokens, or
-        InputError when it cannot fit in the memory available now (it is allocated up front)."""
+    def _new_cache(self, batch: int, prompt_tokens: int, max_new_tokens: int) -> KVCache:
+        """Free the last call's cache, then allocate one for `batch` x (`prompt_tokens` +
+        `max_new_tokens`) tokens, or InputError when the generation (cache, prefill
+        activations, prompt and cache copies) cannot fit in the memory available now."""
+        self.check_memory(batch, prompt_tokens, max_new_tokens)
         self._cache = None
-        needed = self.layout.cache_bytes(batch, capacity)
-        available = available_memory_bytes()
-        if available is not None and needed > available:
-            raise InputError(f"the KV cache for {batch} x {capacity} tokens needs {needed / 2**30:.1f} GiB; "
-                             f"{available / 2**30:.1f} GiB of memory is available")
-        self._cache = KVCache(self.layout, batch, capacity)
+        self._cache = KVCache(self.layout, batch, prompt_tokens + max_new_tokens)
         return self._cache
 
     def _check_prompts(self, prompts: object) -> list[list[int]]:

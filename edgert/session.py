@@ -24,6 +24,7 @@ import onnxruntime as ort
 from edgert._io import path_argument
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
 from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
+from edgert.memory import available_memory_bytes, format_bytes
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 
 ORT_DTYPES = {
@@ -116,18 +117,6 @@ def check_threads(threads: object) -> int | None:
     return int(threads)
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux): what can be allocated without swapping; None elsewhere."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def quiet_onnxruntime() -> None:
     """Silence ONNX Runtime's process-wide default logger too (execution-provider loading
     logs there, not through a session). For command-line tools: it affects the whole process."""
@@ -193,13 +182,6 @@ def _shown_value(value: object) -> str:
 
 def _dtype_label(dtype: np.dtype) -> str:
     return {"U": "str", "S": "bytes", "O": "object", "V": "void"}.get(dtype.kind, dtype.name)
-
-
-def _megabytes(size: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 class Session:
@@ -340,10 +322,10 @@ class Session:
         outputs, activations = self.estimate_run_bytes(shapes)
         needed = outputs + activations + (inputs if allocating else 0)
         if needed > available:
-            parts = ([f"inputs {_megabytes(inputs)}"] if allocating else []) + [
-                f"outputs {_megabytes(outputs)}", f"activations at least {_megabytes(activations)}"]
-            raise InputError(f"{self._shape_words(shapes)} needs about {_megabytes(needed)} "
-                             f"({', '.join(parts)}), more than the {_megabytes(available)} of memory "
+            parts = ([f"inputs {format_bytes(inputs)}"] if allocating else []) + [
+                f"outputs {format_bytes(outputs)}", f"activations at least {format_bytes(activations)}"]
+            raise InputError(f"{self._shape_words(shapes)} needs about {format_bytes(needed)} "
+                             f"({', '.join(parts)}), more than the {format_bytes(available)} of memory "
                              "available; use a smaller batch or shorter sequences")
 
     def estimate_run_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:

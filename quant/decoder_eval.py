@@ -24,7 +24,7 @@ from edgert.errors import CalibrationError, EdgertError, OptionError
 from edgert.generator import TASK, Generator
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
 from edgert.plan import TOKENIZER_KEY
-from edgert.profiler import LatencyStats
+from edgert.latency import LatencyStats
 from edgert.quant.calib import load_prompts
 from edgert.session import Session, session_options
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.profiler import LatencyStats, time_interleaved
+from edgert.latency import LatencyStats, time_interleaved
 from edgert.session import Session
 from edgert.synth import synthesize_inputs
 

@@ -28,7 +28,7 @@ from edgert.session import Session
 if TYPE_CHECKING:  # annotations only: quantize imports this module
     import onnxruntime as ort
 
-    from edgert.profiler import LatencyStats
+    from edgert.latency import LatencyStats
     from edgert.quant.quantize import QuantConfig, QuantResult
 
 Step = Callable[[str], None]  # reports progress in words

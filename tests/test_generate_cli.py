@@ -3,16 +3,21 @@ Llama decoders (exported once per module), and every bad input of issue 9 ending
 `Error:` line with exit code 2."""
 
 import json
+import os
 import re
+import resource
 import shutil
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgert import CacheLayout, EdgertError, Generator
+from edgert import CacheLayout, EdgertError, Generator, InputError
 from edgert.cli import cli
+from edgert.memory import available_memory_bytes, format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
 from conftest import make_embedding_model, run_cli, save_tiny_decoder
@@ -82,8 +87,6 @@ def test_generate_by_ids_equals_the_api(decoders, model):
     assert ids_line(result.stdout) == expected and len(expected) == 12
     summary = SUMMARY.fullmatch(result.stdout.splitlines()[-1])
     assert summary, result.stdout
-    from edgert.cli.bench_cmd import format_bytes
-
     assert summary.groups() == ("3", "12", format_bytes(generator.cache_bytes()))
 
 
@@ -293,7 +296,7 @@ def test_generate_bad_models(decoders):
     (["{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder exported by edgert"),
     (["{full}", "{encoder}", "--decode", "--context", "8", "--new-tokens", "4"], "encoder.onnx is not a decoder"),
     (["{full}", "--decode", "--context", "500", "--new-tokens", "20"],
-     "prompt (500 tokens) + max_new_tokens (20) exceeds the limit of 512 tokens"),
+     "context (500 tokens) + new_tokens (20) exceeds the limit of 512 tokens"),
     (["{full}", "--decode", "--context", "8", "--new-tokens", "1"], "new_tokens must be >= 2"),
     (["{full}", "--decode", "--context", "0"], "context must be >= 1, got 0"),
     (["{full}", "--decode", "--batch", "0"], "batch must lie in 1..65536, got 0"),
@@ -309,6 +312,28 @@ def test_bench_decode_bad_input(decoders, tmp_path, args, message):
     assert_one_error(run_cli("bench", *args, "--iters" if "--iters" not in args else "--warmup", "1",
                              "--json", str(out)), message)
     assert not out.exists()
+
+
+def run_cli_within(address_space_mib: int, *args: str) -> subprocess.CompletedProcess:
+    """run_cli with the process's address space limited, so that a command which allocates what
+    it should have refused fails (MemoryError: internal error, exit 1) instead of swapping."""
+    limit = address_space_mib * 2**20
+    return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+
+
+def test_bench_decode_checks_the_context_before_drawing_the_prompt(decoders):
+    """Issue 17: `bench --decode --context 1000000000` drew the prompt (tens of GB of token ids)
+    before comparing it with the model's limit; 1 GiB of address space is plenty for the check."""
+    result = run_cli_within(1024, "bench", str(decoders["full"]), "--decode", "--context", "1000000000",
+                            "--new-tokens", "4", "--iters", "1", "--warmup", "0", "--threads", "1")
+    assert_one_error(result, "context (1000000000 tokens) + new_tokens (4) exceeds the limit of 512 tokens")
+    generator = Generator(decoders["full"], threads=1)
+    with pytest.raises(InputError, match=r"context \(10000000000000 tokens\) \+ new_tokens \(4\) exceeds"):
+        profile_decode(generator, context=10**13, new_tokens=4)  # was numpy's MemoryError
+    with pytest.raises(InputError, match="exceeds the limit of 512 tokens"):
+        bench_decode([str(decoders["full"])], DecodeConfig(context=10**13, new_tokens=4, iters=1, warmup=0))
 
 
 def invoke(*args: str):
@@ -375,3 +400,98 @@ def test_generator_api_errors(decoders):
     with pytest.raises(EdgertError, match="exceeds the limit of 16 tokens"):
         limited.generate([5] * 10, 7)
     assert len(limited.generate([5] * 10, 6, stop=())) == 6
+
+
+# --- memory: checked before anything is allocated ---------------------------------------------------
+
+def forbid_allocation(monkeypatch, available: int) -> None:
+    """Pretend `available` bytes of memory are free, and fail loudly if a KV cache is made."""
+    def no_cache(*args, **kwargs):
+        raise AssertionError("a KV cache was allocated after all")
+
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: available)
+    monkeypatch.setattr("edgert.generator.KVCache", no_cache)
+
+
+def test_generator_counts_prefill_activations_not_only_the_cache(decoders, monkeypatch):
+    """Issue 17: only the KV cache was checked; batch 64 x 500 tokens needs 16 MiB of cache but
+    a prefill working set of about 2 GiB (scores [64, 4 heads, 500, 500] per layer, several
+    times), which a machine with 100 MiB free must refuse before allocating anything."""
+    generator = Generator(decoders["full"], threads=1)
+    needed = generator.memory_needed(64, 500, 4)
+    assert needed.cache == generator.layout.cache_bytes(64, 504) < 100 * 2**20 < needed.activations
+    forbid_allocation(monkeypatch, 100 * 2**20)
+    with pytest.raises(InputError, match=r"^batch 64 x 500 tokens of prompt \+ 4 new needs about "
+                                         rf"{re.escape(format_bytes(needed.total))} \(KV cache {re.escape(format_bytes(needed.cache))}, "
+                                         r"prefill activations about [\d.]+ GiB, prompt and cache copies [\d.]+ MiB\), "
+                                         r"more than the 100\.0 MiB of memory available"):
+        generator.generate([[5] * 500] * 64, 4, stop=())
+    with pytest.raises(InputError, match="prefill activations"):
+        profile_decode(generator, context=500, new_tokens=4, batch=64)
+    for args, message in [((0, 5, 1), "batch must be a whole number >= 1, got 0"),
+                          ((1, 5.0, 1), "prompt_tokens must be a whole number >= 1, got 5.0"),
+                          ((1, 5, -1), "max_new_tokens must be a whole number >= 0, got -1")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            generator.memory_needed(*args)
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "{full}", "--decode", "--batch", "64", "--context", "500", "--new-tokens", "4"],
+    # passkey generates its trials as one batch: 200 prompts of 400 tokens
+    ["eval", "passkey", "{full}", "--trials", "200", "--context", "400", "--depths", "0"],
+])
+def test_commands_refuse_generations_that_do_not_fit(decoders, monkeypatch, args):
+    forbid_allocation(monkeypatch, 256 * 2**20)
+    result = invoke(*(a.format(full=decoders["full"]) for a in args), "--threads", "1")
+    assert_one_error(result, "prefill activations about")
+    assert "more than the 256.0 MiB of memory available; use a smaller batch or a shorter prompt" in result.stderr
+
+
+def test_bench_decode_batch_65536_is_refused_before_allocating(decoders):
+    """Issue 17: `bench --decode --batch 65536` passed the KV cache check on a big machine and
+    grew while prefilling; its estimate (about 0.7 TB) is refused, within 1 GiB of address space."""
+    needed = Generator(decoders["full"]).memory_needed(65536, 256, 64, prompt_lists=True).total
+    available = available_memory_bytes()
+    if available is None or available >= needed:
+        pytest.skip(f"this machine has {format_bytes(available or 0)} free, enough for the run")
+    result = run_cli_within(1024, "bench", str(decoders["full"]), "--decode", "--batch", "65536",
+                            "--iters", "1", "--warmup", "0", "--threads", "1")
+    assert_one_error(result, f"batch 65536 x 256 tokens of prompt + 64 new needs about {format_bytes(needed)}")
+
+
+def test_a_loop_of_generations_reuses_what_the_last_one_held(decoders, monkeypatch):
+    """After one generation ONNX Runtime's arena and the KV cache hold its memory; the next
+    generation of the same size reuses it, so the check must not refuse a loop (passkey trials,
+    bench iterations) on the second run because the first one's memory is no longer free."""
+    generator = Generator(decoders["full"], threads=1)
+    needed = generator.memory_needed(16, 500, 4)
+    tight = needed.total - needed.activations  # enough only once the activations are held
+    prompts = [[5] * 500] * 16
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: tight)
+    with pytest.raises(InputError, match="prefill activations"):
+        generator.generate(prompts, 4, stop=())
+    monkeypatch.undo()
+    first = generator.generate(prompts, 4, stop=())
+    monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: tight - needed.cache)
+    assert generator.generate(prompts, 4, stop=()) == first
+
+
+def test_the_memory_estimate_bounds_what_generation_takes(decoders):
+    """The estimate is an upper bound of the resident set a process grows by over three
+    prefills of 16 x 500 tokens, and not absurdly above it (at most 2.5x; measured 1.45x)."""
+    code = textwrap.dedent(f"""
+        from edgert import Generator
+        from edgert.memory import peak_rss_mb, reset_peak_rss, rss_mb
+        generator = Generator({str(decoders["full"])!r}, threads=1)
+        generator.generate([5, 6, 7], 2, stop=())
+        prompts = [[(7 * i + j) % 125 + 3 for j in range(500)] for i in range(16)]
+        before = rss_mb()
+        reset_peak_rss()
+        for _ in range(3):
+            generator.generate(prompts, 4, stop=())
+        print((peak_rss_mb() - before) * 2**20, generator.memory_needed(16, 500, 4).total)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown, estimate = map(float, result.stdout.split())
+    assert grown <= estimate <= 2.5 * grown, (grown, estimate)

@@ -11,7 +11,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edgert._io import check_output_path, write_text_atomic
+from edgert.bench_config import BenchConfig, DecodeConfig
+from edgert.decode_bench import bench_decode, total_decode_runs
 from edgert.devices import DEVICES
+from edgert.errors import InputError
+from edgert.forward_bench import bench_models, total_iterations
+from edgert.memory import format_bytes
+from edgert.synth import parse_shape_overrides
 
 
 @click.command("bench")
@@ -56,9 +63,6 @@ def command(ctx: click.Context, models: tuple[str, ...], device: str, batch: int
     per-token latency (speedup = first decode p50 / decode p50). Several decoders are
     timed in rounds of one run each, after a warm-up.
     """
-    from edgert._io import check_output_path
-    from edgert.errors import InputError
-
     flags = {"seq": "--seq", "shapes": "--shape", "spin": "--spin" if spin else "--no-spin"}
     given = [flag for name, flag in flags.items()
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
@@ -69,15 +73,10 @@ def command(ctx: click.Context, models: tuple[str, ...], device: str, batch: int
     if not decode and (context is not None or new_tokens is not None):
         raise InputError(f"{'--context' if context is not None else '--new-tokens'} needs --decode")
     if decode:
-        from edgert.profiler import DecodeConfig
-
         given_counts = {"context": context, "new_tokens": new_tokens, "warmup": warmup, "iters": iters}
         config = DecodeConfig(**{k: v for k, v in given_counts.items() if v is not None}, batch=batch,
                               threads=threads, device=device).check()
     else:
-        from edgert.profiler import BenchConfig
-        from edgert.synth import parse_shape_overrides
-
         config = BenchConfig(batch=batch, seq=seq, warmup=10 if warmup is None else warmup,
                              iters=100 if iters is None else iters, threads=threads, device=device,
                              shapes=parse_shape_overrides(shapes), spin=spin).check()
@@ -90,16 +89,12 @@ def command(ctx: click.Context, models: tuple[str, ...], device: str, batch: int
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     if json_path:
-        from edgert._io import write_text_atomic
-
         write_text_atomic(json_path, json.dumps(report.to_dict(), indent=1), inputs=models)
         console.print(f"wrote {escape(json_path)}")
 
 
 def _measure(models: tuple[str, ...], config, decode: bool):
     """Run bench_models or bench_decode with a progress bar on a terminal's stderr."""
-    from edgert.profiler import bench_decode, bench_models, total_decode_runs, total_iterations
-
     columns = (TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     err = Console(stderr=True)
     total = total_decode_runs(len(models), config) if decode else total_iterations(len(models), config)
@@ -178,10 +173,3 @@ def _decode_tables(report) -> list[Table]:
     _caption_disagreement(facts, report.models)
     return [latency, facts]
 
-
-def format_bytes(size: int) -> str:
-    """A byte count in KiB, MiB or GiB with one decimal (bytes below 1 KiB)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"

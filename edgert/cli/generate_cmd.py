@@ -11,6 +11,7 @@ import click
 
 from edgert.devices import DEVICES
 from edgert.errors import InputError
+from edgert.memory import format_bytes
 
 _TOKEN_ID = re.compile(r"[+-]?\d+")
 
@@ -118,8 +119,6 @@ def parse_ids(text: str, option: str) -> list[int]:
 def summary(prompt_tokens: int, new_tokens: int, ttft: float, seconds: float, kv_bytes: int,
             stopped_by: int | None) -> str:
     """One line: prompt and new tokens, time to first token, decode tokens/s, KV cache size."""
-    from edgert.cli.bench_cmd import format_bytes
-
     line = (f"prompt {prompt_tokens} tokens, {new_tokens} new"
             + (f" (stopped at id {stopped_by})" if stopped_by is not None else "")
             + f"; first token {ttft * 1e3:.1f} ms")
