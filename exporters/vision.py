@@ -13,29 +13,31 @@ import numpy as np
 
 import edgert
 from edgert.errors import CheckpointError, OptionError
-from edgert.exporters.families import ExportRequest, Prepared, Step
+from edgert.exporters.recipe import Prepared, Step, VisionOptions
 from edgert.models.batchnorm_folding import fold_batchnorms
+from edgert.models.sources import ModelSource
 from edgert.models.vision import create_model, randomize_statistics
 from edgert.models.vision_checkpoints import (checkpoint_classes, load_weights, read_metadata, read_state_dict,
                                               with_classes)
-from edgert.models.vision_configs import VisionConfig, check_resolution, variant_config
+from edgert.models.vision_configs import VisionConfig, check_resolution
 from edgert.models.vision_op_swap import use_custom_ops
 from edgert.plan import Manifest
 
 TASK = "image-classification"
+OPTIONS = VisionOptions
 INPUT, OUTPUT = "pixel_values", "logits"
 RANDOM_SEED = 0
 CHECK_BATCHES = (1, 8)
 
 
-def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
-    """Build variant `name`, load request.checkpoint into it, and wrap it for tracing; the
+def prepare(source: ModelSource, task: str | None, options: VisionOptions, step: Step) -> Prepared:
+    """Build the variant, load options.checkpoint into it, and wrap it for tracing; the
     unfused model is kept as the reference the graph is validated against."""
-    if request.task not in (None, TASK):
-        raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {request.task!r}")
-    step("load")
-    config, state, weights = _config_and_weights(name, request.checkpoint)
-    resolution = check_resolution(request.resolution or config.img_size)
+    name = source.name
+    if task not in (None, TASK):
+        raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {task!r}")
+    config, state, weights = _config_and_weights(source, options.checkpoint)
+    resolution = check_resolution(options.resolution or config.img_size)
     config = replace(config, img_size=resolution)
     model = create_model(config, seed=RANDOM_SEED)
     if state is None:
@@ -46,7 +48,7 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
     reference = model.eval()
     module = copy.deepcopy(reference)
     folded = fold_batchnorms(module)
-    if request.custom_ops:
+    if options.custom_ops:
         use_custom_ops(module)
     module.eval()  # the swapped-in op modules start in training mode
     manifest = Manifest(
@@ -55,7 +57,7 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
         extra={"image": image_spec(config),
                "vision": {"variant": name, "family": config.family, "weights": weights,
                           "parameters": sum(p.numel() for p in reference.parameters()),
-                          "batchnorms_folded": folded, "custom_ops_requested": request.custom_ops,
+                          "batchnorms_folded": folded, "custom_ops_requested": options.custom_ops,
                           "architecture": config.to_dict()}},
     )
     rng = np.random.default_rng(0)
@@ -72,19 +74,19 @@ def image_spec(config: VisionConfig) -> dict:
             "labels": list(config.labels) or None}
 
 
-def _config_and_weights(name: str, checkpoint):
-    """(config, state dict or None, what the weights are) for variant `name`: its registered
+def _config_and_weights(source: ModelSource, checkpoint):
+    """(config, state dict or None, what the weights are) for a variant: its registered
     config, adjusted to a checkpoint's class count, or the config edgert stored in its own
     checkpoints (classes, resolution, normalisation, labels)."""
-    config = variant_config(name)
+    config = source.variant
     if checkpoint is None:
         return config, None, (f"random init (seed {RANDOM_SEED}, BatchNorm statistics randomised); "
                               "no checkpoint given")
     state = read_state_dict(checkpoint)
     metadata = read_metadata(checkpoint)
     stored = metadata.get("edgert_variant")
-    if stored and stored != name:
-        raise CheckpointError(f"{checkpoint} is a {stored} checkpoint, not {name}")
+    if stored and stored != source.name:
+        raise CheckpointError(f"{checkpoint} is a {stored} checkpoint, not {source.name}")
     if "edgert_config" in metadata:
         config = VisionConfig.from_dict(json.loads(metadata["edgert_config"]))
     else:

@@ -1,0 +1,119 @@
+"""The one recipe table, and what a recipe hands the shared export steps.
+
+Every source resolves to a kind (models/sources.py); RECIPES names the module that prepares
+each kind for export:
+
+    encoder  exporters/encoder.py  BERT-family model -> hidden states or a sentence embedding
+    decoder  exporters/decoder.py  Llama-family causal LM -> one step over a per-head KV cache
+    vision   exporters/vision.py   EfficientViT-M / SHViT variant -> image classifier logits
+
+A recipe module has OPTIONS, the options class it takes (TextOptions or VisionOptions), and
+`prepare(source, task, options, step) -> Prepared`: it loads the model, applies what the
+options ask, and returns the torch module to trace with its input/output names, dynamic
+axes, sample inputs, manifest and tokenizer. `export()` (exporters/export.py) then only
+traces, pins, optimizes, validates and writes. The text recipes also have `load(source)`,
+which `edgert analyze heads` uses. A new kind is a new recipe module named in RECIPES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edgert.errors import OptionError
+from edgert.models.sources import ModelSource
+from edgert.models.vision_configs import VARIANTS
+from edgert.plan import Manifest
+
+Feeds = dict[str, np.ndarray]
+Step = Callable[[str], None]
+
+# Source kind -> the module whose `prepare` builds its Prepared (imported when used: the
+# recipes need torch, and `edgert export --help` must not).
+RECIPES = {
+    "encoder": "edgert.exporters.encoder",
+    "decoder": "edgert.exporters.decoder",
+    "vision": "edgert.exporters.vision",
+}
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """What `edgert export` takes for text models (encoders and decoders) only."""
+
+    transform: object = None  # exporters.heads.Transform: the attention heads' plan, pruning, GQA...
+    calib: str | os.PathLike | None = None  # calibration data of the transform (.txt or .npz)
+    calib_size: int = 64
+
+    def refusal(self) -> str | None:
+        """Why a recipe that does not take these options refuses them (the first one set),
+        or None when none is set."""
+        if self.transform is not None:
+            return ("head transforms (--plan, --prune, --kv-heads, --softmax, --retrieval-heads) "
+                    "apply to transformers text models, not to the vision variants")
+        if self.calib is not None:
+            return ("--calib at export feeds head transforms of text models; "
+                    "vision models take calibration images at `edgert quantize --calib`")
+        return None
+
+
+@dataclass(frozen=True)
+class VisionOptions:
+    """What `edgert export` takes for vision models only."""
+
+    checkpoint: str | os.PathLike | None = None  # timm-layout weights (None: random init)
+    resolution: int | None = None  # input height and width (None: the checkpoint's or variant's)
+    custom_ops: bool = True  # each attention one edgert op (False: plain ONNX)
+
+    def refusal(self) -> str | None:
+        """Why a recipe that does not take these options refuses them (the first one set),
+        or None when none is set."""
+        for value, option in ((self.checkpoint, "--checkpoint"), (self.resolution, "--resolution")):
+            if value is not None:
+                return f"{option} applies to the vision models ({', '.join(VARIANTS)})"
+        if not self.custom_ops:
+            return f"--no-custom-ops applies to the vision models ({', '.join(VARIANTS)})"
+        return None
+
+
+@dataclass
+class Prepared:
+    """A model ready to trace: module(*[trace[n] for n in input_names]) -> output_names."""
+
+    module: object  # torch.nn.Module in eval mode
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]  # input -> {axis: dimension name}
+    trace: Feeds
+    checks: list[Feeds]  # differently shaped inputs to validate the graph on
+    manifest: Manifest
+    tokenizer_json: str | None = None
+    ort_cpu_fusions: bool = False  # whether exporters/optimize.py's fusions apply
+    reference: object = None  # the module to validate against, if not `module` (e.g. before BN folding)
+
+
+class Recipe(Protocol):
+    """What a module named in RECIPES provides."""
+
+    OPTIONS: type  # TextOptions or VisionOptions
+
+    def prepare(self, source: ModelSource, task: str | None, options, step: Step) -> Prepared: ...
+
+
+def recipe_for(kind: str) -> Recipe:
+    """The recipe module of a source kind."""
+    return importlib.import_module(RECIPES[kind])
+
+
+def options_for(recipe: Recipe, *groups: TextOptions | VisionOptions):
+    """The one of `groups` that `recipe` takes; OptionError naming the first option set in
+    any other group (an option that does not apply to this kind of model)."""
+    for group in groups:
+        if not isinstance(group, recipe.OPTIONS) and (reason := group.refusal()):
+            raise OptionError(reason)
+    return next(group for group in groups if isinstance(group, recipe.OPTIONS))
