@@ -1,15 +1,21 @@
 """Export parity: edgert's ONNX graphs against transformers / sentence-transformers."""
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 import edgert
-from edgert.errors import EdgertError, OutputPathError, SourceError, UnknownModelError, ValidationError
+from edgert.errors import (CheckpointError, EdgertError, OutputPathError, SourceError, UnknownModelError,
+                           ValidationError)
 from edgert.exporters import export
 from edgert.plan import MANIFEST_KEY
+
+from conftest import run_cli, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -126,3 +132,76 @@ def test_source_errors(tmp_path):
         export("minilm", tmp_path / "m.onnx", task="translation")
     with pytest.raises(EdgertError, match="opset 11 is too old"):
         export("minilm", tmp_path / "m.onnx", opset=11)
+
+
+# ---- weights that do not fit config.json (defect 3) ---------------------------------------------
+
+def _config_beside_weights(tmp_path, config_of: Path, weights_of: Path) -> Path:
+    """A Hugging Face directory with the config.json of one model and the weights of another."""
+    directory = tmp_path / "mixed"
+    directory.mkdir()
+    shutil.copy(config_of / "config.json", directory / "config.json")
+    shutil.copy(weights_of / "model.safetensors", directory / "model.safetensors")
+    return directory
+
+
+def test_llama_config_beside_another_models_weights_is_one_error_line(tmp_path):
+    save_tiny_decoder(tmp_path / "llama", "llama")
+    mixed = _config_beside_weights(tmp_path, tmp_path / "llama", _tiny_encoder_dir(tmp_path, "bert"))
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", str(mixed), "-o", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and lines[-1].startswith("Error: ")
+    assert "do not fit its config.json (llama)" in lines[-1]
+    assert ("lm_head.weight, model.embed_tokens.weight, model.layers.0.input_layernorm.weight (and 18 more) "
+            "are missing") in lines[-1]
+    assert not out.exists()
+
+
+def test_qwen2_weights_under_a_llama_config_name_the_biases(tmp_path):
+    from edgert.exporters.decoder import load
+    from edgert.models.sources import resolve_source
+
+    save_tiny_decoder(tmp_path / "llama", "llama")
+    save_tiny_decoder(tmp_path / "qwen2", "qwen2")
+    mixed = _config_beside_weights(tmp_path, tmp_path / "llama", tmp_path / "qwen2")
+    with pytest.raises(CheckpointError) as info:
+        load(resolve_source(mixed))
+    assert ("model.layers.0.self_attn.k_proj.bias, model.layers.0.self_attn.q_proj.bias, "
+            "model.layers.0.self_attn.v_proj.bias (and 3 more) are not parameters of LlamaForCausalLM"
+            in str(info.value))
+
+
+def test_mis_shaped_weights_name_both_shapes(tmp_path):
+    save_tiny_decoder(tmp_path / "small", "llama")
+    save_tiny_decoder(tmp_path / "big", "llama", vocab_size=200)
+    mixed = _config_beside_weights(tmp_path, tmp_path / "small", tmp_path / "big")
+    with pytest.raises(CheckpointError, match=re.escape(
+            "lm_head.weight has shape [200, 64] in the checkpoint, [128, 64] in the model "
+            "(and 1 more of another shape)")):
+        export(str(mixed), tmp_path / "m.onnx")
+
+
+def test_config_without_weights_is_refused(tmp_path):
+    save_tiny_decoder(tmp_path / "llama", "llama")
+    (tmp_path / "llama" / "model.safetensors").unlink()
+    with pytest.raises(SourceError, match="has a config.json but no weights"):
+        export(str(tmp_path / "llama"), tmp_path / "m.onnx")
+
+
+def test_weights_the_export_does_not_use_may_differ(tmp_path):
+    """Tied embeddings, and the pooler a masked-LM checkpoint lacks with the MLM head it has
+    instead, are not another model's weights: these load."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from edgert.exporters.hf_loading import load_pretrained
+    from edgert.models.sources import resolve_source
+
+    save_tiny_decoder(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    tied = load_pretrained(AutoModelForCausalLM, resolve_source(tmp_path / "tied"))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37)
+    transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    assert type(load_pretrained(AutoModel, resolve_source(tmp_path / "mlm"))).__name__ == "BertModel"

@@ -287,3 +287,19 @@ def test_analyze_heads_scores_a_local_decoder(tmp_path):
     plan = json.loads(plan_path.read_text())
     assert sum(len(layer["kept_heads"]) for layer in plan["layers"]) == 4
     assert all(layer["num_heads"] == 4 for layer in plan["layers"])
+
+
+def test_analyze_heads_refuses_weights_of_another_model(tmp_path):
+    """analyze heads loads through the exporter's loader: Qwen2 weights under a Llama config
+    are refused there too, naming the biases Llama has no place for."""
+    import shutil
+
+    for family in ("llama", "qwen2"):
+        _tiny(family).save_pretrained(tmp_path / family)
+    shutil.copy(tmp_path / "llama" / "config.json", tmp_path / "qwen2" / "config.json")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=np.random.default_rng(0).integers(3, 97, (2, 8)), attention_mask=np.ones((2, 8), np.int64))
+    result = run_cli("analyze", "heads", str(tmp_path / "qwen2"), "--calib", str(calib), "--prune", "0.5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "do not fit its config.json (llama)" in last and "model.layers.0.self_attn.k_proj.bias" in last, last
