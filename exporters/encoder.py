@@ -75,7 +75,8 @@ def _sentence_max_length(source: ModelSource) -> int | None:
 
 def prepare(source: ModelSource, task: str | None, options: TextOptions, step: Step) -> Prepared:
     """Load, transform the heads of, and wrap an encoder for tracing."""
-    task = task or source.default_task or "feature-extraction"
+    if task is None:
+        task = source.default_task or "feature-extraction"
     if task not in TASKS:
         raise OptionError(f"unknown task {task!r} for an encoder; choose one of {', '.join(TASKS)}")
     encoder = load(source)

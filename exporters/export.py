@@ -115,7 +115,7 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         _save_with_metadata(graph, tmp, manifest, prepared.tokenizer_json)
         step("validate")
         session = Session(tmp, options=session_options())
-        diffs, scales = max_abs_diffs(session, prepared.reference or prepared.module, prepared.input_names,
+        diffs, scales = max_abs_diffs(session, prepared.module if prepared.reference is None else prepared.reference, prepared.input_names,
                                       prepared.output_names, prepared.checks)
         del session
         manifest.validation = {

@@ -129,6 +129,9 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
     shape = model_shape(model)
     plan = transform.plan or identity_plan(model)
     plan.check_matches(shape.num_layers, shape.num_heads)
+    if plan.head_dim is not None and plan.head_dim != shape.head_dim:
+        raise PlanError(f"plan was made for heads of size {plan.head_dim}, the model's heads have size "
+                        f"{shape.head_dim}: a plan of another model")
     if gates is not None:
         plan = HeadPlan([replace(layer, gated=True) for layer in plan.layers], plan.head_dim).check()
     if transform.needs_calibration and not samples:

@@ -25,9 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
-from edgert.errors import OptionError
+from edgert._io import path_argument
+from edgert.errors import CalibrationError, CheckpointError, OptionError
 from edgert.models.sources import ModelSource
-from edgert.models.vision_configs import VARIANTS
+from edgert.models.vision_configs import VARIANTS, check_resolution
 from edgert.plan import Manifest
 
 Feeds = dict[str, np.ndarray]
@@ -50,6 +51,13 @@ class TextOptions:
     calib: str | os.PathLike | None = None  # calibration data of the transform (.txt or .npz)
     calib_size: int = 64
 
+    def check(self) -> None:
+        """OptionError (CalibrationError for the path) for a value no export could use."""
+        if self.calib is not None:
+            path_argument(self.calib, "calibration data path", CalibrationError)
+        if isinstance(self.calib_size, bool) or not isinstance(self.calib_size, int) or self.calib_size < 1:
+            raise OptionError(f"calib_size must be a whole number >= 1, got {self.calib_size!r}")
+
     def refusal(self) -> str | None:
         """Why a recipe that does not take these options refuses them (the first one set),
         or None when none is set."""
@@ -69,6 +77,13 @@ class VisionOptions:
     checkpoint: str | os.PathLike | None = None  # timm-layout weights (None: random init)
     resolution: int | None = None  # input height and width (None: the checkpoint's or variant's)
     custom_ops: bool = True  # each attention one edgert op (False: plain ONNX)
+
+    def check(self) -> None:
+        """OptionError (CheckpointError for the path) for a value no export could use."""
+        if self.checkpoint is not None:
+            path_argument(self.checkpoint, "checkpoint path", CheckpointError)
+        if self.resolution is not None:
+            check_resolution(self.resolution)
 
     def refusal(self) -> str | None:
         """Why a recipe that does not take these options refuses them (the first one set),
@@ -111,9 +126,11 @@ def recipe_for(kind: str) -> Recipe:
 
 
 def options_for(recipe: Recipe, *groups: TextOptions | VisionOptions):
-    """The one of `groups` that `recipe` takes; OptionError naming the first option set in
-    any other group (an option that does not apply to this kind of model)."""
+    """The one of `groups` that `recipe` takes, checked; OptionError naming the first option
+    set in any other group (an option that does not apply to this kind of model)."""
     for group in groups:
         if not isinstance(group, recipe.OPTIONS) and (reason := group.refusal()):
             raise OptionError(reason)
-    return next(group for group in groups if isinstance(group, recipe.OPTIONS))
+    taken = next(group for group in groups if isinstance(group, recipe.OPTIONS))
+    taken.check()
+    return taken

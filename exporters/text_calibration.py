@@ -42,8 +42,9 @@ def calibration_samples(inputs: TorchInputs, source: ModelSource, calib: str | o
                         calib_size: int, step) -> list[Feeds]:
     """Calibration feeds for a head transform: `calib`, else the built-in model's set
     (none: an empty list, and the transform says what it is missing)."""
-    calib = calib or BUNDLED.get(source.name, (None,))[0]
     if calib is None:
-        return []
+        calib = BUNDLED.get(source.name, (None,))[0]
+        if calib is None:
+            return []
     step("calibration")
     return load_calibration(calib, inputs, size=calib_size)

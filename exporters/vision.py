@@ -37,7 +37,7 @@ def prepare(source: ModelSource, task: str | None, options: VisionOptions, step:
     if task not in (None, TASK):
         raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {task!r}")
     config, state, weights = _config_and_weights(source, options.checkpoint)
-    resolution = check_resolution(options.resolution or config.img_size)
+    resolution = check_resolution(config.img_size if options.resolution is None else options.resolution)
     config = replace(config, img_size=resolution)
     model = create_model(config, seed=RANDOM_SEED)
     if state is None:

@@ -134,6 +134,53 @@ def test_source_errors(tmp_path):
         export("minilm", tmp_path / "m.onnx", opset=11)
 
 
+# ---- sources, recipes and options ------------------------------------------------------------
+
+def test_every_source_resolves_to_a_kind_with_a_recipe(tmp_path):
+    from edgert.exporters.recipe import RECIPES, TextOptions, VisionOptions, recipe_for
+    from edgert.models.sources import KINDS, resolve_source
+
+    directory = _tiny_encoder_dir(tmp_path, "roberta")
+    kinds = {name: resolve_source(name).kind for name in ("minilm", "tiny-lm", "efficientvit-m0", "shvit-s4")}
+    assert kinds == {"minilm": "encoder", "tiny-lm": "decoder", "efficientvit-m0": "vision", "shvit-s4": "vision"}
+    local = resolve_source(directory)  # a Path works as well as a str
+    assert (local.kind, local.model_type, local.directory) == ("encoder", "roberta", directory)
+    assert resolve_source("shvit-s4").variant.img_size == 256
+    assert set(RECIPES) == set(KINDS)
+    assert {kind: recipe_for(kind).OPTIONS for kind in KINDS} == {
+        "encoder": TextOptions, "decoder": TextOptions, "vision": VisionOptions}
+
+
+def test_source_names_are_looked_up_exactly():
+    from edgert.models.sources import resolve_source
+
+    for near_miss in ("MiniLM", "efficientvit_m0", "tiny-lm ", "shvit"):
+        with pytest.raises(UnknownModelError, match="minilm, tiny-lm, efficientvit-m0"):
+            resolve_source(near_miss)
+    with pytest.raises(SourceError, match="source is empty"):
+        resolve_source("")
+    with pytest.raises(SourceError, match="efficientvit-m0 is a vision model"):
+        resolve_source("efficientvit-m0", kinds=("encoder", "decoder"))
+    with pytest.raises(SourceError, match="model type 'bert' is not a supported decoder"):
+        resolve_source("minilm", kinds=("decoder",))
+
+
+@pytest.mark.parametrize("source,options,message", [
+    ("efficientvit-m0", {"calib": "calib.txt"}, "--calib at export feeds head transforms of text models"),
+    ("minilm", {"checkpoint": "w.safetensors"}, "--checkpoint applies to the vision models"),
+    ("minilm", {"custom_ops": False}, "--no-custom-ops applies to the vision models"),
+    # values that once turned silently into defaults
+    ("minilm", {"calib_size": 0}, "calib_size must be a whole number >= 1"),
+    ("minilm", {"task": ""}, "unknown task '' for an encoder"),
+    ("shvit-s1", {"resolution": 0}, "resolution 0 is not one these models take"),
+    ("shvit-s1", {"resolution": -224}, "resolution -224 is not one these models take"),
+])
+def test_options_that_do_not_apply_or_cannot_be_used_are_refused(tmp_path, source, options, message):
+    with pytest.raises(EdgertError, match=re.escape(message)):
+        export(source, tmp_path / "m.onnx", **options)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- weights that do not fit config.json (defect 3) ---------------------------------------------
 
 def _config_beside_weights(tmp_path, config_of: Path, weights_of: Path) -> Path:

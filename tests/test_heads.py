@@ -12,6 +12,7 @@ import transformers
 
 import edgert
 from edgert.errors import PlanError
+from edgert.plan import HeadPlan
 from edgert.exporters.export import export
 from edgert.exporters.heads import Transform, apply_transform, identity_plan, parse_softmax
 from edgert.exporters.importance import head_importance, next_token_loss
@@ -271,6 +272,24 @@ def test_head_transform_errors(tmp_path):
         assert not out.exists()
     result = run_cli("analyze", "heads", str(directory), "--calib", str(calib), "--keep-per-layer", "0,0")
     assert result.returncode == 2 and "keeps no head" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--plan", "{wider}"), f"plan was made for heads of size {2 * D}, the model's heads have size {D}"),
+    # empty values that once silently meant "no plan", "standard softmax", "the default data"
+    (("--plan", ""), "plan path is empty"),
+    (("--softmax", ""), "unknown softmax ''"),
+    (("--prune", "0.5", "--calib", ""), "calibration data path is empty"),
+])
+def test_plans_of_another_model_and_empty_values_are_refused(tmp_path, args, message):
+    directory, _ = _tiny_bert_dir(tmp_path)
+    wider = tmp_path / "wider.json"
+    HeadPlan.full(2, 4, head_dim=2 * D).save(wider)  # the model's layers and heads, another head size
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", str(directory), "-o", str(out), *(a.format(wider=wider) for a in args))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not out.exists()
 
 
 def test_analyze_heads_scores_a_local_decoder(tmp_path):

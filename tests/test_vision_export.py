@@ -110,6 +110,8 @@ def test_timm_checkpoint_with_other_class_count_and_wrapper(tmp_path):
     (["efficientvit-m9"], "unknown model 'efficientvit-m9'"),
     (["shvit-s1", "--resolution", "100"], "resolution 100 is not one these models take"),
     (["shvit-s1", "--resolution", "32"], "multiple of 16"),
+    (["shvit-s1", "--resolution", "0"], "resolution 0 is not one these models take"),  # not silently 224
+    (["shvit-s1", "--checkpoint", ""], "checkpoint path is empty"),
     (["efficientvit-m0", "--checkpoint", "missing.pth"], "missing.pth"),
     (["efficientvit-m0", "--prune", "0.5"], "apply to transformers text models"),
     (["minilm", "--resolution", "224"], "--resolution applies to the vision models"),

@@ -61,7 +61,8 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
                    "Default: the built-in model's set.")
-@click.option("--calib-size", type=int, default=64, show_default=True)
+@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Use at most this many calibration examples.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True,
               help="Fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
@@ -96,12 +97,13 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
         raise PlanError("--sink and --recent shape the streaming heads of --retrieval-heads; "
                         "give --retrieval-heads too")
     transform = None
-    if plan_path or prune is not None or kv_heads is not None or softmax_spec or retrieval is not None:
+    if (plan_path is not None or prune is not None or kv_heads is not None or softmax_spec is not None
+            or retrieval is not None):
         from edgert.exporters.heads import Transform, parse_retrieval, parse_softmax
 
-        transform = Transform(plan=HeadPlan.load(plan_path) if plan_path else None, prune=prune,
+        transform = Transform(plan=HeadPlan.load(plan_path) if plan_path is not None else None, prune=prune,
                               kv_heads=kv_heads, gqa_method=gqa_method,
-                              softmax=parse_softmax(softmax_spec) if softmax_spec else None,
+                              softmax=parse_softmax(softmax_spec) if softmax_spec is not None else None,
                               retrieval=parse_retrieval(retrieval) if retrieval is not None else None,
                               **{k: v for k, v in (("sink", sink), ("recent", recent)) if v is not None})
         transform.check()
