@@ -77,6 +77,7 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     such fusions (com.microsoft ops); False keeps a portable graph for TensorRT and other
     runtimes. The graph is validated against the (transformed) torch model on sample inputs and
     only written if every output agrees within atol + rtol x the output's largest magnitude.
+    `output` may not be one of the inputs (the source directory, `checkpoint`, `calib`).
     """
     from edgert.exporters.hf_loading import quiet_libraries
     from edgert.exporters.validate import check_diffs, max_abs_diffs
@@ -90,7 +91,7 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     if not rtol >= 0:
         raise OptionError(f"rtol must be >= 0, got {rtol}")
     model_source = source if isinstance(source, ModelSource) else resolve_source(source)
-    output = check_output_path(output)
+    output = check_output_path(output, inputs=(model_source.directory, checkpoint, calib))
     recipe = recipe_for(model_source.kind)
     options = options_for(recipe, TextOptions(transform, calib, calib_size),
                           VisionOptions(checkpoint, resolution, custom_ops))

@@ -92,7 +92,7 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     optimization; for images, the preprocessing and labels) travel inside the file.
     """
     resolved = resolve_source(source)
-    check_outputs([output, json_path], inputs=[plan_path, calib, checkpoint])
+    check_outputs([output, json_path], inputs=[resolved.directory, plan_path, calib, checkpoint])
     if retrieval is None and (sink is not None or recent is not None):
         raise PlanError("--sink and --recent shape the streaming heads of --retrieval-heads; "
                         "give --retrieval-heads too")
