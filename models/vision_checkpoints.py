@@ -88,4 +88,5 @@ def checkpoint_classes(state: dict[str, torch.Tensor], config: VisionConfig) -> 
 
 
 def with_classes(config: VisionConfig, classes: int | None) -> VisionConfig:
+    """`config` with `classes` output classes (unchanged when None or already so)."""
     return config if classes is None or classes == config.num_classes else replace(config, num_classes=classes)
