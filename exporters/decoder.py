@@ -30,7 +30,6 @@ from edgert.models.sources import ModelSource
 from edgert.plan import HeadPlan, Manifest
 
 TASK = "text-generation"
-OPTIONS = TextOptions
 
 
 @dataclass

@@ -26,7 +26,6 @@ from edgert.plan import HeadPlan, Manifest
 from edgert.text import TextTokenizer
 
 TASKS = ("feature-extraction", "sentence-embedding")
-OPTIONS = TextOptions
 
 
 @dataclass

@@ -92,12 +92,11 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         raise OptionError(f"rtol must be >= 0, got {rtol}")
     model_source = source if isinstance(source, ModelSource) else resolve_source(source)
     output = check_output_path(output, inputs=(model_source.directory, checkpoint, calib))
-    recipe = recipe_for(model_source.kind)
-    options = options_for(recipe, TextOptions(transform, calib, calib_size),
+    options = options_for(model_source.kind, TextOptions(transform, calib, calib_size),
                           VisionOptions(checkpoint, resolution, custom_ops))
     quiet_libraries()
     step("load")
-    prepared = recipe.prepare(model_source, task, options, step)
+    prepared = recipe_for(model_source.kind).prepare(model_source, task, options, step)
     manifest = prepared.manifest
     manifest.opset = opset
 
@@ -116,8 +115,9 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         _save_with_metadata(graph, tmp, manifest, prepared.tokenizer_json)
         step("validate")
         session = Session(tmp, options=session_options())
-        diffs, scales = max_abs_diffs(session, prepared.module if prepared.reference is None else prepared.reference, prepared.input_names,
-                                      prepared.output_names, prepared.checks)
+        reference = prepared.module if prepared.reference is None else prepared.reference
+        diffs, scales = max_abs_diffs(session, reference, prepared.input_names, prepared.output_names,
+                                      prepared.checks)
         del session
         manifest.validation = {
             "atol": atol, "rtol": rtol, "max_abs_diff": diffs, "max_abs_reference": scales,

@@ -7,7 +7,8 @@ each kind for export:
     decoder  exporters/decoder.py  Llama-family causal LM -> one step over a per-head KV cache
     vision   exporters/vision.py   EfficientViT-M / SHViT variant -> image classifier logits
 
-A recipe module has OPTIONS, the options class it takes (TextOptions or VisionOptions), and
+Each entry also names the option group the kind takes (TextOptions or VisionOptions), so an
+option of the other kind is refused before anything loads. A recipe module has
 `prepare(source, task, options, step) -> Prepared`: it loads the model, applies what the
 options ask, and returns the torch module to trace with its input/output names, dynamic
 axes, sample inputs, manifest and tokenizer. `export()` (exporters/export.py) then only
@@ -33,15 +34,6 @@ from edgert.plan import Manifest
 
 Feeds = dict[str, np.ndarray]
 Step = Callable[[str], None]
-
-# Source kind -> the module whose `prepare` builds its Prepared (imported when used: the
-# recipes need torch, and `edgert export --help` must not).
-RECIPES = {
-    "encoder": "edgert.exporters.encoder",
-    "decoder": "edgert.exporters.decoder",
-    "vision": "edgert.exporters.vision",
-}
-
 
 @dataclass(frozen=True)
 class TextOptions:
@@ -115,22 +107,35 @@ class Prepared:
 class Recipe(Protocol):
     """What a module named in RECIPES provides."""
 
-    OPTIONS: type  # TextOptions or VisionOptions
-
     def prepare(self, source: ModelSource, task: str | None, options, step: Step) -> Prepared: ...
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    module: str  # the recipe module, imported when used (recipes need torch; --help must not)
+    options: type  # the option group it takes
+
+
+# Source kind (models/sources.py KINDS) -> its recipe.
+RECIPES = {
+    "encoder": RecipeEntry("edgert.exporters.encoder", TextOptions),
+    "decoder": RecipeEntry("edgert.exporters.decoder", TextOptions),
+    "vision": RecipeEntry("edgert.exporters.vision", VisionOptions),
+}
 
 
 def recipe_for(kind: str) -> Recipe:
     """The recipe module of a source kind."""
-    return importlib.import_module(RECIPES[kind])
+    return importlib.import_module(RECIPES[kind].module)
 
 
-def options_for(recipe: Recipe, *groups: TextOptions | VisionOptions):
-    """The one of `groups` that `recipe` takes, checked; OptionError naming the first option
-    set in any other group (an option that does not apply to this kind of model)."""
+def options_for(kind: str, *groups: TextOptions | VisionOptions):
+    """The one of `groups` that the recipe of `kind` takes, checked; OptionError naming the
+    first option set in any other group (an option that does not apply to this kind of model)."""
+    taken_type = RECIPES[kind].options
     for group in groups:
-        if not isinstance(group, recipe.OPTIONS) and (reason := group.refusal()):
+        if not isinstance(group, taken_type) and (reason := group.refusal()):
             raise OptionError(reason)
-    taken = next(group for group in groups if isinstance(group, recipe.OPTIONS))
+    taken = next(group for group in groups if isinstance(group, taken_type))
     taken.check()
     return taken

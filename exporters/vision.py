@@ -24,7 +24,6 @@ from edgert.models.vision_op_swap import use_custom_ops
 from edgert.plan import Manifest
 
 TASK = "image-classification"
-OPTIONS = VisionOptions
 INPUT, OUTPUT = "pixel_values", "logits"
 RANDOM_SEED = 0
 CHECK_BATCHES = (1, 8)

@@ -148,8 +148,9 @@ def test_every_source_resolves_to_a_kind_with_a_recipe(tmp_path):
     assert (local.kind, local.model_type, local.directory) == ("encoder", "roberta", directory)
     assert resolve_source("shvit-s4").variant.img_size == 256
     assert set(RECIPES) == set(KINDS)
-    assert {kind: recipe_for(kind).OPTIONS for kind in KINDS} == {
+    assert {kind: RECIPES[kind].options for kind in KINDS} == {
         "encoder": TextOptions, "decoder": TextOptions, "vision": VisionOptions}
+    assert all(callable(recipe_for(kind).prepare) for kind in KINDS)
 
 
 def test_source_names_are_looked_up_exactly():
