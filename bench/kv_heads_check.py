@@ -98,7 +98,7 @@ def export(plan: Path) -> Path:
 
 def trained_length() -> int:
     """The longest row the tiny LM was trained on (its training record)."""
-    from edgert.models.zoo import resolve_source
+    from edgert.models.sources import resolve_source
 
     record = json.loads((resolve_source("tiny-lm").directory / "training.json").read_text())
     return record["config"]["train_context"][1]
@@ -114,7 +114,7 @@ def evaluate(model: Path, contexts: list[int], trials: int) -> dict:
 def run(args) -> dict:
     WORK.mkdir(parents=True, exist_ok=True)
     from edgert.exporters.kv_heads import model_limits
-    from edgert.models.zoo import resolve_source
+    from edgert.models.sources import resolve_source
 
     identity, _ = model_limits(resolve_source("tiny-lm"))
     scored = score(args)

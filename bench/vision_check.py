@@ -31,7 +31,8 @@ from results import machine, write_section  # noqa: E402
 
 from edgert.cpu import cpu_isa  # noqa: E402
 from edgert.exporters.export import export  # noqa: E402
-from edgert.models import vision  # noqa: E402
+from edgert.models.vision import create_model, randomize_statistics  # noqa: E402
+from edgert.models.vision_configs import VARIANTS  # noqa: E402
 from edgert.latency import LatencyStats, time_interleaved  # noqa: E402
 from edgert.quant.quantize import QuantConfig, quantize_model  # noqa: E402
 from edgert.session import Session, session_options  # noqa: E402
@@ -57,7 +58,7 @@ def build(name: str, threads: int) -> dict:
     the INT8 report."""
     from safetensors.torch import save_file
 
-    model = vision.randomize_statistics(vision.create_model(vision.VARIANTS[name], seed=0), seed=0)
+    model = randomize_statistics(create_model(VARIANTS[name], seed=0), seed=0)
     weights = WORK / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     paths = graph_paths(name)
@@ -151,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--models", default=",".join(vision.VARIANTS), help="comma-separated variants")
+    parser.add_argument("--models", default=",".join(VARIANTS), help="comma-separated variants")
     parser.add_argument("--no-write", action="store_true", help="print the tables only (smoke runs)")
     parser.add_argument("--time-model", help=argparse.SUPPRESS)  # internal: time one model's graphs, print JSON
     args = parser.parse_args()

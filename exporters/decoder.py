@@ -13,14 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from transformers import AutoModelForCausalLM
 
 import edgert
 from edgert.errors import OptionError
-from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
-                                       load_config, load_pretrained, read_tokenizer)
+from edgert.exporters.heads import Transform, apply_transform, read_gates
+from edgert.exporters.hf_loading import load_config, load_pretrained, read_tokenizer
+from edgert.exporters.importance import next_token_loss
+from edgert.exporters.recipe import Prepared, Step, TextOptions
+from edgert.exporters.text_calibration import TorchInputs, calibration_samples
 from edgert.kv_cache import (ATTENTION_MASK, INPUT_IDS, PAST_MASK, POSITION_IDS, WINDOW_POSITIONS,
                              CacheLayout)
-from edgert.models.zoo import ModelSource
+from edgert.models.adapters import model_shape
+from edgert.models.decoder import DecoderStep, order_for_cache
+from edgert.models.sources import ModelSource
 from edgert.plan import HeadPlan, Manifest
 
 TASK = "text-generation"
@@ -45,8 +51,6 @@ class LoadedDecoder:
 
 def load(source: ModelSource) -> LoadedDecoder:
     """Load a causal LM from a local Hugging Face directory (offline)."""
-    from transformers import AutoModelForCausalLM
-
     config = load_config(source, "decoder")
     model = load_pretrained(AutoModelForCausalLM, source)
     max_length, notes = config.max_position_embeddings, []
@@ -72,15 +76,12 @@ def _sliding_window(config) -> int | None:
     return window
 
 
-def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared:
+def prepare(source: ModelSource, task: str | None, options: TextOptions, step: Step) -> Prepared:
     """Load, transform the heads of, reorder the kv heads of, and wrap a decoder for tracing."""
-    from edgert.models.adapters import model_shape
-    from edgert.models.decoder import DecoderStep, order_for_cache
-
-    if request.task not in (None, TASK):
-        raise OptionError(f"a decoder exports as {TASK}, not {request.task!r}")
+    if task not in (None, TASK):
+        raise OptionError(f"a decoder exports as {TASK}, not {task!r}")
     decoder = load(source)
-    plan = _transform_heads(decoder, source, request, step)
+    plan = _transform_heads(decoder, source, options, step)
     plan = order_for_cache(decoder.model, plan)
     layout = CacheLayout.from_plan(plan, model_shape(decoder.model).head_dim)
     module = DecoderStep(decoder.model, layout).eval()
@@ -105,18 +106,15 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
                     decoder.tokenizer_json)
 
 
-def _transform_heads(decoder: LoadedDecoder, source: ModelSource, request: ExportRequest,
+def _transform_heads(decoder: LoadedDecoder, source: ModelSource, options: TextOptions,
                      step: Step) -> HeadPlan:
     """Adapt decoder.model in place to the requested transform (identity when none)."""
-    from edgert.exporters.heads import Transform, apply_transform, read_gates
-    from edgert.exporters.importance import next_token_loss
-
     gates = read_gates(source.directory, decoder.num_layers)
-    transform = request.transform or Transform()
+    transform = options.transform or Transform()
     samples = []
     if transform.needs_calibration:
-        samples = calibration_samples(decoder.calibration_inputs(source.name), source, request.calib,
-                                      request.calib_size, step)
+        samples = calibration_samples(decoder.calibration_inputs(source.name), source, options.calib,
+                                      options.calib_size, step)
     step("heads")
     return apply_transform(decoder.model, transform, samples, loss=next_token_loss, gates=gates)
 

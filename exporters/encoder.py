@@ -8,13 +8,20 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+from transformers import AutoModel
 
 import edgert
 from edgert.errors import OptionError
-from edgert.exporters.families import (ExportRequest, Prepared, Step, TorchInputs, calibration_samples,
-                                       load_config, load_pretrained, read_tokenizer)
+from edgert.exporters.heads import Transform, apply_transform, read_gates
+from edgert.exporters.hf_loading import load_config, load_pretrained, read_tokenizer
+from edgert.exporters.importance import encoder_loss
+from edgert.exporters.recipe import Prepared, Step, TextOptions
+from edgert.exporters.samples import SAMPLE_SENTENCES
+from edgert.exporters.text_calibration import TorchInputs, calibration_samples
+from edgert.models.adapters import identity_plan
+from edgert.models.encoder import TASK_OUTPUTS, EncoderExport
 from edgert.models.families import FAMILIES
-from edgert.models.zoo import ModelSource
+from edgert.models.sources import ModelSource
 from edgert.plan import HeadPlan, Manifest
 from edgert.text import TextTokenizer
 
@@ -42,8 +49,6 @@ class LoadedEncoder:
 
 def load(source: ModelSource) -> LoadedEncoder:
     """Load `source` with transformers (offline; nothing is downloaded)."""
-    from transformers import AutoModel
-
     config = load_config(source, "encoder")
     model = load_pretrained(AutoModel, source)
     uses_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
@@ -67,15 +72,14 @@ def _sentence_max_length(source: ModelSource) -> int | None:
     return json.loads(path.read_text()).get("max_seq_length")
 
 
-def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared:
+def prepare(source: ModelSource, task: str | None, options: TextOptions, step: Step) -> Prepared:
     """Load, transform the heads of, and wrap an encoder for tracing."""
-    from edgert.models.encoder import TASK_OUTPUTS, EncoderExport
-
-    task = request.task or source.default_task or "feature-extraction"
+    if task is None:
+        task = source.default_task or "feature-extraction"
     if task not in TASKS:
         raise OptionError(f"unknown task {task!r} for an encoder; choose one of {', '.join(TASKS)}")
     encoder = load(source)
-    plan = _transform_heads(encoder, source, task, request, step)
+    plan = _transform_heads(encoder, source, task, options, step)
     uses_token_types = "token_type_ids" in encoder.input_names
     module = EncoderExport(encoder.model, task, uses_token_types=uses_token_types).eval()
     manifest = Manifest(
@@ -94,28 +98,22 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
                     manifest, encoder.tokenizer_json, ort_cpu_fusions=True)
 
 
-def _transform_heads(encoder: LoadedEncoder, source: ModelSource, task: str, request: ExportRequest,
+def _transform_heads(encoder: LoadedEncoder, source: ModelSource, task: str, options: TextOptions,
                      step: Step) -> HeadPlan:
     """Apply the requested transform (and checkpoint gates) to encoder.model in place; return the plan."""
-    from edgert.exporters.heads import Transform, apply_transform, read_gates
-
     gates = read_gates(source.directory, encoder.num_layers)
-    if request.transform is None and gates is None:
+    if options.transform is None and gates is None:
         if FAMILIES[encoder.model_type].adaptable:
-            from edgert.models.adapters import identity_plan
-
             return identity_plan(encoder.model)
         return HeadPlan.full(encoder.num_layers, encoder.num_heads, head_dim=encoder.head_dim)
-    transform = request.transform or Transform()
+    transform = options.transform or Transform()
     if transform.retrieval is not None:
         raise OptionError("KV cache policies (--retrieval-heads) apply to decoders; this is an encoder")
     samples = []
     if transform.needs_calibration:
-        samples = calibration_samples(encoder.calibration_inputs(source.name), source, request.calib,
-                                      request.calib_size, step)
+        samples = calibration_samples(encoder.calibration_inputs(source.name), source, options.calib,
+                                      options.calib_size, step)
     step("heads")
-    from edgert.exporters.importance import encoder_loss
-
     loss = encoder_loss(task, "token_type_ids" in encoder.input_names)
     return apply_transform(encoder.model, transform, samples, loss=loss, gates=gates)
 
@@ -123,8 +121,6 @@ def _transform_heads(encoder: LoadedEncoder, source: ModelSource, task: str, req
 def _sample_inputs(encoder: LoadedEncoder, manifest: Manifest) -> tuple[dict, list[dict]]:
     """Inputs to trace with, and several differently shaped inputs to validate on."""
     if encoder.tokenizer_json:
-        from edgert.exporters.samples import SAMPLE_SENTENCES
-
         tokenize = TextTokenizer(encoder.tokenizer_json, max_length=encoder.max_length,
                                  input_roles=manifest.inputs)
         trace = tokenize(SAMPLE_SENTENCES[:2])

@@ -1,5 +1,10 @@
-"""`edgert export`'s shared steps: a family recipe prepares the model, then trace → pin →
-optimize → validate → atomic write, with the manifest and tokenizer in the graph's metadata."""
+"""`edgert export`'s shared steps: the source resolves to a kind (models/sources.py), the
+kind's recipe prepares the model (exporters/recipe.py), then trace → pin → optimize →
+validate → atomic write, with the manifest and tokenizer in the graph's metadata.
+
+torch and transformers are imported inside the functions that use them: `edgert export
+--help` imports this module for its defaults and must not load them.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import io
 import os
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import onnx
 
 import edgert
 from edgert._io import DISK_FULL, atomic_output, check_output_path
 from edgert.errors import EdgertError, OptionError, first_line
-from edgert.exporters.custom_ops import attach_functions
+from edgert.exporters.custom_ops import OVERLOAD_IR_VERSION, attach_functions, translation_table
 from edgert.exporters.optimize import Optimization, optimize_for_ort_cpu
-from edgert.models.vision_configs import VARIANTS
+from edgert.exporters.recipe import Step, TextOptions, VisionOptions, options_for, recipe_for
+from edgert.models.sources import ModelSource, resolve_source
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 from edgert.session import Session, session_options
 
@@ -30,8 +37,6 @@ DEFAULT_ATOL = 1e-4
 # torch by 1.2e-3 (3e-5 relative) from float32 rounding alone.
 DEFAULT_RTOL = 1e-4
 MIN_OPSET = 18  # the torch.onnx dynamo exporter's floor
-
-Step = Callable[[str], None]
 
 
 @dataclass
@@ -45,36 +50,38 @@ class ExportResult:
         return self.manifest.validation["max_abs_diff"]
 
 
-def export(source: str, output: str | os.PathLike, *, task: str | None = None,
+def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *, task: str | None = None,
            opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            transform=None,
            calib: str | os.PathLike | None = None, calib_size: int = 64,
            optimize: bool = True, checkpoint: str | os.PathLike | None = None, resolution: int | None = None,
            custom_ops: bool = True, on_step: Step | None = None) -> ExportResult:
-    """Export `source` (a built-in name, a Hugging Face directory, or a vision variant such as
-    efficientvit-m0 or shvit-s1) to `output`.
+    """Export `source` (a built-in name, a Hugging Face directory, a vision variant such as
+    efficientvit-m0 or shvit-s1, or a ModelSource from resolve_source) to `output`.
 
-    The family (encoder or decoder, from config.json's model_type) decides what the graph
-    computes; see exporters/encoder.py and exporters/decoder.py. task: for encoders,
+    The source's kind (encoder or decoder, from config.json's model_type; vision) picks the
+    recipe that decides what the graph computes; see exporters/recipe.py. task: for encoders,
     feature-extraction or sentence-embedding (None: the model's default, else
-    feature-extraction); decoders are text-generation. transform: an exporters.heads.Transform
-    (plan, pruning, GQA, softmax, KV cache policies) applied to the attention heads first;
-    calib: its calibration data (.txt or .npz; default: the built-in model's set). Gate
-    weights in the checkpoint turn on gated attention. optimize: fuse attention and
-    bias+GELU into ONNX Runtime CPU kernels where the family has such fusions (com.microsoft
-    ops); False keeps a portable graph for TensorRT and other runtimes. The graph is validated
-    against the (transformed) torch model on sample inputs and only written if every output
-    agrees within atol + rtol x the output's largest magnitude.
+    feature-extraction); decoders are text-generation, vision models image-classification.
 
-    Vision variants (exporters/vision.py) take `checkpoint` (timm-layout weights; random init
-    without), `resolution` (default: the variant's or the checkpoint's) and `custom_ops`
-    (attention as edgert ops, else plain ONNX); their BatchNorms are folded, and the graph
-    is validated against the unfolded model.
+    Text models take `transform`: an exporters.heads.Transform (plan, pruning, GQA, softmax,
+    KV cache policies) applied to the attention heads first; `calib`: its calibration data
+    (.txt or .npz; default: the built-in model's set), at most `calib_size` examples. Gate
+    weights in the checkpoint turn on gated attention. Vision variants take `checkpoint`
+    (timm-layout weights; random init without), `resolution` (default: the checkpoint's or the
+    variant's) and `custom_ops` (attention as edgert ops, else plain ONNX); their BatchNorms are
+    folded, and the graph is validated against the unfolded model. An option of the other kind
+    is an OptionError.
+
+    optimize: fuse attention and bias+GELU into ONNX Runtime CPU kernels where the recipe has
+    such fusions (com.microsoft ops); False keeps a portable graph for TensorRT and other
+    runtimes. The graph is validated against the (transformed) torch model on sample inputs and
+    only written if every output agrees within atol + rtol x the output's largest magnitude.
+    `output` may not be one of the inputs (the source directory, `checkpoint`, `calib`).
     """
-    from edgert.exporters.families import ExportRequest, quiet_libraries, recipe_for
-    from edgert.models.zoo import resolve_source
+    from edgert.exporters.hf_loading import quiet_libraries
+    from edgert.exporters.validate import check_diffs, max_abs_diffs
 
-    quiet_libraries()
     step = on_step or (lambda _: None)
     start = time.perf_counter()
     if opset < MIN_OPSET:
@@ -83,19 +90,13 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         raise OptionError(f"atol must be > 0, got {atol}")
     if not rtol >= 0:
         raise OptionError(f"rtol must be >= 0, got {rtol}")
-    output = check_output_path(output)
-    request = ExportRequest(task, transform, calib, calib_size, optimize, checkpoint, resolution, custom_ops)
-    if source in VARIANTS:
-        from edgert.exporters import vision
-
-        _check_vision_request(request)
-        prepared = vision.prepare(source, request, step)
-    else:
-        _check_text_request(request)
-        step("load")
-        model_source = resolve_source(source)
-        _, recipe = recipe_for(model_source)
-        prepared = recipe.prepare(model_source, request, step)
+    model_source = source if isinstance(source, ModelSource) else resolve_source(source)
+    output = check_output_path(output, inputs=(model_source.directory, checkpoint, calib))
+    options = options_for(model_source.kind, TextOptions(transform, calib, calib_size),
+                          VisionOptions(checkpoint, resolution, custom_ops))
+    quiet_libraries()
+    step("load")
+    prepared = recipe_for(model_source.kind).prepare(model_source, task, options, step)
     manifest = prepared.manifest
     manifest.opset = opset
 
@@ -113,11 +114,10 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
         step("write")
         _save_with_metadata(graph, tmp, manifest, prepared.tokenizer_json)
         step("validate")
-        from edgert.exporters.validate import check_diffs, max_abs_diffs
-
         session = Session(tmp, options=session_options())
-        diffs, scales = max_abs_diffs(session, prepared.reference or prepared.module, prepared.input_names,
-                                      prepared.output_names, prepared.checks)
+        reference = prepared.module if prepared.reference is None else prepared.reference
+        diffs, scales = max_abs_diffs(session, reference, prepared.input_names, prepared.output_names,
+                                      prepared.checks)
         del session
         manifest.validation = {
             "atol": atol, "rtol": rtol, "max_abs_diff": diffs, "max_abs_reference": scales,
@@ -129,29 +129,8 @@ def export(source: str, output: str | os.PathLike, *, task: str | None = None,
     return ExportResult(output, manifest, time.perf_counter() - start)
 
 
-def _check_vision_request(request) -> None:
-    """Refuse what only text models take."""
-    if request.transform is not None:
-        raise OptionError("head transforms (--plan, --prune, --kv-heads, --softmax, --retrieval-heads) "
-                          "apply to transformers text models, not to the vision variants")
-    if request.calib is not None:
-        raise OptionError("--calib at export feeds head transforms of text models; "
-                          "vision models take calibration images at `edgert quantize --calib`")
-
-
-def _check_text_request(request) -> None:
-    """Refuse what only vision variants take."""
-    for value, option in ((request.checkpoint, "--checkpoint"), (request.resolution, "--resolution")):
-        if value is not None:
-            raise OptionError(f"{option} applies to the vision models ({', '.join(VARIANTS)})")
-    if not request.custom_ops:
-        raise OptionError(f"--no-custom-ops applies to the vision models ({', '.join(VARIANTS)})")
-
-
 def _torch_export(prepared, opset: int, path: Path) -> None:
     import torch
-
-    from edgert.exporters.custom_ops import translation_table
 
     args = tuple(torch.from_numpy(prepared.trace[n]) for n in prepared.input_names)
     dims: dict[str, torch.export.Dim] = {}
@@ -175,8 +154,6 @@ def _torch_export(prepared, opset: int, path: Path) -> None:
 
 def _load_and_pin(path: Path):
     """Load the exported graph, check it, and pin its IR version and producer."""
-    import onnx
-
     model = onnx.load(str(path))
     attach_functions(model)  # bodies of edgert ops, so plain ONNX Runtime runs them
     _pin(model)
@@ -187,10 +164,6 @@ def _load_and_pin(path: Path):
 def _pin(model) -> None:
     """Set `model`'s IR version to the lowest that carries its opsets (older runtimes refuse
     newer IRs) and its producer to edgert."""
-    import onnx
-
-    from edgert.exporters.custom_ops import OVERLOAD_IR_VERSION
-
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     if any(f.overload for f in model.functions):
         model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
@@ -199,8 +172,6 @@ def _pin(model) -> None:
 
 def _save_with_metadata(model, path: Path, manifest: Manifest, tokenizer_json: str | None) -> None:
     """Store manifest and tokenizer in metadata_props and write the model to `path`."""
-    import onnx
-
     props = {p.key: p.value for p in model.metadata_props}
     props[MANIFEST_KEY] = manifest.to_json()
     if tokenizer_json:

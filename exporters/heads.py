@@ -5,18 +5,20 @@ adapters.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from edgert.errors import CalibrationError, PlanError
 from edgert.exporters.importance import Feeds, Loss, head_importance, projection_loss
 from edgert.models.adapters import adapt, head_attentions, identity_plan, model_shape, original_weights
 from edgert.models.transforms import (GQA_METHODS, build_attention, group_plan, prune_by_score,
                                       svd_merges)
-from edgert.plan import HeadPlan, Softmax
+from edgert.plan import CachePolicy, HeadPlan, Softmax
 
 
 def parse_softmax(text: str) -> Softmax:
@@ -113,8 +115,6 @@ class Transform:
         if self.kv_heads is not None and self.kv_heads < 1:
             raise PlanError(f"--kv-heads must be >= 1, got {self.kv_heads}")
         if self.retrieval is not None:
-            from edgert.plan import CachePolicy
-
             CachePolicy("window", self.sink, self.recent).check("--sink/--recent")
 
     @property
@@ -129,6 +129,9 @@ def apply_transform(model, transform: Transform, samples: Sequence[Feeds] = (), 
     shape = model_shape(model)
     plan = transform.plan or identity_plan(model)
     plan.check_matches(shape.num_layers, shape.num_heads)
+    if plan.head_dim is not None and plan.head_dim != shape.head_dim:
+        raise PlanError(f"plan was made for heads of size {plan.head_dim}, the model's heads have size "
+                        f"{shape.head_dim}: a plan of another model")
     if gates is not None:
         plan = HeadPlan([replace(layer, gated=True) for layer in plan.layers], plan.head_dim).check()
     if transform.needs_calibration and not samples:
@@ -166,8 +169,6 @@ def _attentions(originals, plan: HeadPlan, shape, merges=None, gates=None) -> li
 
 def _adapted_copy(model, plan: HeadPlan, originals, shape, gates):
     """A deep copy of `model` adapted to `plan` (the original stays untouched for rebuilding)."""
-    import copy
-
     return adapt(copy.deepcopy(model), plan, weights=_attentions(originals, plan, shape, gates=gates))
 
 
@@ -175,8 +176,6 @@ def read_gates(directory: Path, num_layers: int) -> list[tuple[torch.Tensor, tor
     """Gated-attention weights stored in the checkpoint's safetensors files, named
     `edgert.gates.{layer}.weight` [heads, head_dim] and `edgert.gates.{layer}.bias` [heads];
     None when the checkpoint has none."""
-    from safetensors import safe_open
-
     found: dict[str, torch.Tensor] = {}
     for path in sorted(Path(directory).glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:

@@ -9,8 +9,13 @@ import numpy as np
 import torch
 
 from edgert.errors import CalibrationError, EdgertError
+from edgert.exporters.hf_loading import quiet_libraries
+from edgert.exporters.recipe import recipe_for
 from edgert.models.adapters import head_attentions, model_shape
+from edgert.models.encoder import EncoderExport
+from edgert.models.sources import resolve_source
 from edgert.plan import HeadPlan
+from edgert.quant.calib import BUNDLED, load_calibration
 
 Feeds = dict[str, np.ndarray]
 Loss = Callable[[object, dict[str, torch.Tensor], int], torch.Tensor]
@@ -79,7 +84,6 @@ def random_scores(plan: HeadPlan, seed: int) -> np.ndarray:
 def encoder_loss(task: str, uses_token_types: bool) -> Loss:
     """projection_loss on the output the export will have (pooled embedding or hidden states)
     of whichever encoder is being scored."""
-    from edgert.models.encoder import EncoderExport
 
     def loss(model, feeds, seed):
         return projection_loss(EncoderExport(model, task, uses_token_types=uses_token_types), feeds, seed)
@@ -88,21 +92,17 @@ def encoder_loss(task: str, uses_token_types: bool) -> Loss:
 
 
 def load_for_heads(source: str, calib, calib_size: int):
-    """(transformers model, calibration feeds, loss) for scoring the heads of `source`."""
-    from edgert.exporters.families import quiet_libraries, recipe_for
-    from edgert.models.zoo import resolve_source
-    from edgert.quant.calib import BUNDLED, load_calibration
-
-    model_source = resolve_source(source)
+    """(transformers model, calibration feeds, loss) for scoring the heads of `source` (a text
+    model: a built-in name or a Hugging Face directory)."""
+    model_source = resolve_source(source, kinds=("encoder", "decoder"))
     if calib is None:
         if model_source.name not in BUNDLED:
             raise CalibrationError("scoring heads needs calibration data: give --calib PATH")
         calib = BUNDLED[model_source.name][0]
     quiet_libraries()
-    family, recipe = recipe_for(model_source)
-    loaded = recipe.load(model_source)
+    loaded = recipe_for(model_source.kind).load(model_source)
     model_shape(loaded.model)  # fails clearly for families without an adapter
-    if family.kind == "decoder":
+    if model_source.kind == "decoder":
         loss = next_token_loss
     else:
         loss = encoder_loss(model_source.default_task or "feature-extraction",

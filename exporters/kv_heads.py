@@ -327,7 +327,7 @@ class AnalyzeOptions:
 
 def model_limits(source) -> tuple[HeadPlan, int]:
     """The identity plan of a decoder and its longest sequence, read from its config alone."""
-    from edgert.exporters.families import load_config
+    from edgert.exporters.hf_loading import load_config
     from edgert.models.adapters import config_shape
 
     config = load_config(source, "decoder")

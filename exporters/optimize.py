@@ -9,8 +9,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import onnx
+
 from edgert.errors import first_line
 from edgert.exporters.custom_ops import DOMAIN as CUSTOM_DOMAIN
+from edgert.quant import fuse
 
 ORT_CPU = "onnxruntime-cpu"
 # Residual Add + LayerNormalization stay unfused in the export: ONNX Runtime 1.32's CPU
@@ -47,13 +50,9 @@ def optimize_for_ort_cpu(model):
     type applied; the model comes back unfused, with a warning and the reason in the note, if
     fusion fails or would change the edgert custom ops.
     """
-    import onnx
-
-    from edgert.quant.fuse import fuse_model
-
     before = _custom_ops(model)
     try:
-        fused, fusions = fuse_model(model, skip_layer_norm=FUSE_SKIP_LAYER_NORM)
+        fused, fusions = fuse.fuse_model(model, skip_layer_norm=FUSE_SKIP_LAYER_NORM)
         onnx.checker.check_model(fused)
     except Exception as exc:  # onnxscript's rewriter on a graph it was not written for
         return _unfused(model, f"fusion failed ({type(exc).__name__}: {first_line(exc)})")

@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 
 import edgert
-from edgert.errors import OptionError
-from edgert.exporters.families import ExportRequest, Prepared, Step
+from edgert.errors import CheckpointError, OptionError
+from edgert.exporters.recipe import Prepared, Step, VisionOptions
+from edgert.models.batchnorm_folding import fold_batchnorms
+from edgert.models.sources import ModelSource
+from edgert.models.vision import create_model, randomize_statistics
+from edgert.models.vision_checkpoints import (checkpoint_classes, load_weights, read_metadata, read_state_dict,
+                                              with_classes)
+from edgert.models.vision_configs import VisionConfig, check_resolution
+from edgert.models.vision_op_swap import use_custom_ops
 from edgert.plan import Manifest
 
 TASK = "image-classification"
@@ -22,28 +29,26 @@ RANDOM_SEED = 0
 CHECK_BATCHES = (1, 8)
 
 
-def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
-    """Build variant `name`, load request.checkpoint into it, and wrap it for tracing; the
+def prepare(source: ModelSource, task: str | None, options: VisionOptions, step: Step) -> Prepared:
+    """Build the variant, load options.checkpoint into it, and wrap it for tracing; the
     unfused model is kept as the reference the graph is validated against."""
-    from edgert.models import vision
-
-    if request.task not in (None, TASK):
-        raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {request.task!r}")
-    step("load")
-    config, state, weights = _config_and_weights(name, request.checkpoint)
-    resolution = vision.check_resolution(request.resolution or config.img_size)
+    name = source.name
+    if task not in (None, TASK):
+        raise OptionError(f"{name} is an image classifier; its task is {TASK}, not {task!r}")
+    config, state, weights = _config_and_weights(source, options.checkpoint)
+    resolution = check_resolution(config.img_size if options.resolution is None else options.resolution)
     config = replace(config, img_size=resolution)
-    model = vision.create_model(config, seed=RANDOM_SEED)
+    model = create_model(config, seed=RANDOM_SEED)
     if state is None:
-        vision.randomize_statistics(model, seed=RANDOM_SEED)
+        randomize_statistics(model, seed=RANDOM_SEED)
     else:
-        vision.load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                            variant=name)
+        load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                     variant=name)
     reference = model.eval()
     module = copy.deepcopy(reference)
-    folded = vision.fold_batchnorms(module)
-    if request.custom_ops:
-        vision.use_custom_ops(module)
+    folded = fold_batchnorms(module)
+    if options.custom_ops:
+        use_custom_ops(module)
     module.eval()  # the swapped-in op modules start in training mode
     manifest = Manifest(
         edgert_version=edgert.__version__, source=name, task=TASK, opset=0,
@@ -51,7 +56,7 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
         extra={"image": image_spec(config),
                "vision": {"variant": name, "family": config.family, "weights": weights,
                           "parameters": sum(p.numel() for p in reference.parameters()),
-                          "batchnorms_folded": folded, "custom_ops_requested": request.custom_ops,
+                          "batchnorms_folded": folded, "custom_ops_requested": options.custom_ops,
                           "architecture": config.to_dict()}},
     )
     rng = np.random.default_rng(0)
@@ -61,30 +66,28 @@ def prepare(name: str, request: ExportRequest, step: Step) -> Prepared:
                     reference=reference)
 
 
-def image_spec(config) -> dict:
+def image_spec(config: VisionConfig) -> dict:
     """How an image becomes this model's input, for the runtime (edgert/images.py)."""
     return {"resolution": config.img_size, "channels": config.in_chans, "mean": list(config.mean),
             "std": list(config.std), "crop_pct": config.crop_pct, "interpolation": "bicubic",
             "labels": list(config.labels) or None}
 
 
-def _config_and_weights(name: str, checkpoint):
-    """(config, state dict or None, what the weights are) for variant `name`: its registered
+def _config_and_weights(source: ModelSource, checkpoint):
+    """(config, state dict or None, what the weights are) for a variant: its registered
     config, adjusted to a checkpoint's class count, or the config edgert stored in its own
     checkpoints (classes, resolution, normalisation, labels)."""
-    from edgert.models import vision
-
-    config = vision.variant_config(name)
+    config = source.variant
     if checkpoint is None:
         return config, None, (f"random init (seed {RANDOM_SEED}, BatchNorm statistics randomised); "
                               "no checkpoint given")
-    state = vision.read_state_dict(checkpoint)
-    metadata = vision.read_metadata(checkpoint)
+    state = read_state_dict(checkpoint)
+    metadata = read_metadata(checkpoint)
     stored = metadata.get("edgert_variant")
-    if stored and stored != name:
-        raise vision.CheckpointError(f"{checkpoint} is a {stored} checkpoint, not {name}")
+    if stored and stored != source.name:
+        raise CheckpointError(f"{checkpoint} is a {stored} checkpoint, not {source.name}")
     if "edgert_config" in metadata:
-        config = vision.VisionConfig.from_dict(json.loads(metadata["edgert_config"]))
+        config = VisionConfig.from_dict(json.loads(metadata["edgert_config"]))
     else:
-        config = vision.with_classes(config, vision.checkpoint_classes(state, config))
+        config = with_classes(config, checkpoint_classes(state, config))
     return config, state, f"checkpoint {Path(checkpoint).name}"

@@ -19,6 +19,7 @@ from torch import nn
 
 from edgert.models.attention import HeadAttention
 from edgert.models.families import adaptable_family
+from edgert.models.transforms import build_attention
 from edgert.plan import HeadPlan
 
 
@@ -144,8 +145,6 @@ def adapt(model, plan: HeadPlan | None = None, *, weights: list[HeadAttention] |
     plan: what to keep (None: every head, the identity). weights: ready-built HeadAttention
     modules (from models/transforms.py), one per layer, instead of building them from plan.
     """
-    from edgert.models.transforms import build_attention
-
     shape = model_shape(model)
     plan = plan or identity_plan(model)
     plan.check()

@@ -1,8 +1,10 @@
-"""The model families edgert knows, in one place: which transformers `model_type`s it
+"""The transformers model families edgert knows, in one place: which `model_type`s it
 exports, as what kind of graph, and whether their attention can be head-transformed.
 
-The exporter picks its recipe (exporters/encoder.py, exporters/decoder.py) by `kind`; the
-adapters (models/adapters.py) swap in HeadAttention only where `adaptable` is true.
+A Hugging Face directory's kind is its family's (models/sources.py resolves it), and the
+exporter prepares each kind with its recipe (exporters/recipe.py); the adapters
+(models/adapters.py) swap in HeadAttention only where `adaptable` is true. Vision variants
+are not transformers models: they are listed in models/vision_configs.py.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ class Family:
     model_type: str
     kind: str  # "encoder" (hidden states / embeddings) or "decoder" (causal LM with a KV cache)
     adaptable: bool  # has a head-aware adapter: plans, pruning, GQA, softmax and gates apply
+    # Top-level modules the export never runs, whose weights a checkpoint may lack (a BERT
+    # saved from a masked-LM head has no pooler; the graph outputs hidden states or a mean).
+    unused_modules: tuple[str, ...] = ()
 
 
 FAMILIES = {f.model_type: f for f in (
-    Family("bert", "encoder", True),
-    Family("roberta", "encoder", True),
+    Family("bert", "encoder", True, unused_modules=("pooler",)),
+    Family("roberta", "encoder", True, unused_modules=("pooler",)),
     Family("distilbert", "encoder", False),
     Family("llama", "decoder", True),
     Family("qwen2", "decoder", True),

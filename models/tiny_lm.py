@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordLevel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from edgert.passkey import (FILLER, INSTRUCTION, QUESTION, key_sentence, passkey_prompt, random_key,
                             token_counter)
@@ -41,9 +44,6 @@ def vocabulary() -> list[str]:
 def build_tokenizer():
     """A word-level `tokenizers.Tokenizer`: lower-cased words, punctuation and single digits,
     with <s> prepended. Anything else becomes <unk>."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-
     vocab = {token: i for i, token in enumerate(vocabulary())}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tokenizer.add_special_tokens(SPECIAL)  # already in the vocabulary: marks them skippable in decode
@@ -81,8 +81,6 @@ class TinyLMConfig:
 
 
 def llama_config(config: TinyLMConfig, vocab_size: int):
-    from transformers import LlamaConfig
-
     return LlamaConfig(vocab_size=vocab_size, hidden_size=config.hidden_size,
                        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
                        num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
@@ -159,8 +157,6 @@ def train(output: Path, config: TinyLMConfig = TinyLMConfig(),
           log: Callable[[str], None] = print) -> dict:
     """Train the tiny LM from scratch and save it (weights, config, tokenizer, recipe) to
     `output`; returns the training record that is saved beside it."""
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tokenizer = build_tokenizer()

@@ -1,11 +1,12 @@
 """The EfficientViT-M and SHViT variants edgert knows, as plain data (no torch), so the CLI
-can name and check them before loading anything heavy. models/vision.py builds them."""
+can name and check them before loading anything heavy (models/sources.py looks names up
+here). models/vision.py builds them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgert.errors import OptionError, UnknownModelError
+from edgert.errors import OptionError
 
 PATCH_SIZE = 16  # both families' stems: four stride-2 3x3 convolutions
 MIN_RESOLUTION = 64
@@ -65,13 +66,6 @@ VARIANTS: dict[str, VisionConfig] = {
     "shvit-s3": _shvit((192, 352, 448), (3, 5, 5), (48, 75, 96)),
     "shvit-s4": _shvit((224, 336, 448), (4, 7, 6), (48, 72, 96), img_size=256),
 }
-
-
-def variant_config(name: str) -> VisionConfig:
-    """The config of a variant name (`efficientvit-m0`, `shvit-s1`, ...); UnknownModelError otherwise."""
-    if name not in VARIANTS:
-        raise UnknownModelError(f"unknown vision model {name!r}; choose one of {', '.join(VARIANTS)}")
-    return VARIANTS[name]
 
 
 def check_resolution(resolution: object) -> int:

@@ -1,4 +1,7 @@
-"""Built-in model names → where their weights come from. Exact lookup only."""
+"""Built-in model names → the local Hugging Face directory their weights are in.
+
+models/sources.py looks names up here (exactly) and resolves the directory to its kind.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgert.errors import DependencyError, SourceError, UnknownModelError
+from edgert.errors import DependencyError
 
 
 @dataclass(frozen=True)
@@ -45,33 +48,3 @@ def minilm() -> Path:
                 "word-level tokenizer), trained on passkey prompts by scripts/train_tiny_lm.py", "text-generation")
 def tiny_lm() -> Path:
     return Path(__file__).parent / "weights" / "tiny-lm"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A resolved source: a local Hugging Face model directory and how it was named."""
-
-    name: str
-    directory: Path
-    default_task: str | None
-
-
-def resolve_source(source: str) -> ModelSource:
-    """Resolve a built-in name or a local Hugging Face model directory."""
-    from edgert.models.vision_configs import VARIANTS
-
-    if source in VARIANTS:
-        raise SourceError(f"{source} is a vision model: `edgert export {source}` builds it; "
-                          "this command takes text models")
-    if source in ZOO:
-        entry = ZOO[source]
-        return ModelSource(source, entry.locate(), entry.default_task)
-    path = Path(source)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SourceError(f"{path} has no config.json; expected a Hugging Face model directory")
-        return ModelSource(str(path), path, None)
-    if path.exists():
-        raise SourceError(f"{path} is a file; expected a built-in name or a Hugging Face model directory")
-    raise UnknownModelError(f"unknown model {source!r}: not a built-in name "
-                            f"({', '.join([*sorted(ZOO), *VARIANTS])}) nor an existing directory")

@@ -1,4 +1,4 @@
-"""Train EfficientViT-M0 and SHViT-S1 (models/vision.py) on scikit-learn's 8x8 digits, upscaled.
+"""Train EfficientViT-M0 and SHViT-S1 (models/efficientvit.py, models/shvit.py) on scikit-learn's 8x8 digits, upscaled.
 
     .venv/bin/python scripts/train_vision_digits.py   # the committed weights in models/weights/digits
 
@@ -32,7 +32,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from edgert.models.vision import VARIANTS, VisionConfig, check_resolution, create_model, load_weights
+from edgert.models.vision import create_model
+from edgert.models.vision_checkpoints import load_weights
+from edgert.models.vision_configs import VARIANTS, VisionConfig, check_resolution
 
 MODELS = ("efficientvit-m0", "shvit-s1")
 MEAN = STD = (0.5, 0.5, 0.5)

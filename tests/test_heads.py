@@ -12,6 +12,7 @@ import transformers
 
 import edgert
 from edgert.errors import PlanError
+from edgert.plan import HeadPlan
 from edgert.exporters.export import export
 from edgert.exporters.heads import Transform, apply_transform, identity_plan, parse_softmax
 from edgert.exporters.importance import head_importance, next_token_loss
@@ -273,6 +274,24 @@ def test_head_transform_errors(tmp_path):
     assert result.returncode == 2 and "keeps no head" in result.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (("--plan", "{wider}"), f"plan was made for heads of size {2 * D}, the model's heads have size {D}"),
+    # empty values that once silently meant "no plan", "standard softmax", "the default data"
+    (("--plan", ""), "plan path is empty"),
+    (("--softmax", ""), "unknown softmax ''"),
+    (("--prune", "0.5", "--calib", ""), "calibration data path is empty"),
+])
+def test_plans_of_another_model_and_empty_values_are_refused(tmp_path, args, message):
+    directory, _ = _tiny_bert_dir(tmp_path)
+    wider = tmp_path / "wider.json"
+    HeadPlan.full(2, 4, head_dim=2 * D).save(wider)  # the model's layers and heads, another head size
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", str(directory), "-o", str(out), *(a.format(wider=wider) for a in args))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not out.exists()
+
+
 def test_analyze_heads_scores_a_local_decoder(tmp_path):
     model = _tiny("llama")
     directory = tmp_path / "llama"
@@ -287,3 +306,19 @@ def test_analyze_heads_scores_a_local_decoder(tmp_path):
     plan = json.loads(plan_path.read_text())
     assert sum(len(layer["kept_heads"]) for layer in plan["layers"]) == 4
     assert all(layer["num_heads"] == 4 for layer in plan["layers"])
+
+
+def test_analyze_heads_refuses_weights_of_another_model(tmp_path):
+    """analyze heads loads through the exporter's loader: Qwen2 weights under a Llama config
+    are refused there too, naming the biases Llama has no place for."""
+    import shutil
+
+    for family in ("llama", "qwen2"):
+        _tiny(family).save_pretrained(tmp_path / family)
+    shutil.copy(tmp_path / "llama" / "config.json", tmp_path / "qwen2" / "config.json")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=np.random.default_rng(0).integers(3, 97, (2, 8)), attention_mask=np.ones((2, 8), np.int64))
+    result = run_cli("analyze", "heads", str(tmp_path / "qwen2"), "--calib", str(calib), "--prune", "0.5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "do not fit its config.json (llama)" in last and "model.layers.0.self_attn.k_proj.bias" in last, last

@@ -29,7 +29,7 @@ def decoder_dir(tmp_path_factory):
 
 def _loaded(directory):
     from edgert.exporters.decoder import load
-    from edgert.models.zoo import resolve_source
+    from edgert.models.sources import resolve_source
 
     return load(resolve_source(str(directory)))
 

@@ -89,7 +89,7 @@ def tiny_lm_onnx(tmp_path_factory):
 
 
 def test_committed_weights_load_like_any_llama_directory():
-    from edgert.models.zoo import resolve_source
+    from edgert.models.sources import resolve_source
 
     source = resolve_source("tiny-lm")
     files = {p.name: p.stat().st_size for p in source.directory.iterdir()}

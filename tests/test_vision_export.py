@@ -11,7 +11,8 @@ import torch
 
 from conftest import run_cli
 from edgert.exporters.export import export
-from edgert.models import vision
+from edgert.models.vision import create_model, randomize_statistics
+from edgert.models.vision_configs import VARIANTS
 from edgert.session import Session
 
 RESOLUTION = 64  # the smallest the models take: fast, and windows still pad (4 -> 7 in stage 1)
@@ -29,8 +30,8 @@ def reference_model(name: str) -> torch.nn.Module:
     """The model the exporter builds without a checkpoint, unfolded."""
     import dataclasses
 
-    config = dataclasses.replace(vision.VARIANTS[name], img_size=RESOLUTION)
-    return vision.randomize_statistics(vision.create_model(config, seed=0), seed=0)
+    config = dataclasses.replace(VARIANTS[name], img_size=RESOLUTION)
+    return randomize_statistics(create_model(config, seed=0), seed=0)
 
 
 @pytest.mark.parametrize("name,op,heads", [("efficientvit-m1", "CascadedGroupAttention", {"heads2.k7-5", "heads3.k7-5-3"}),
@@ -80,7 +81,7 @@ def test_checkpoint_of_another_variant_names_the_parameter(tmp_path):
     from safetensors.torch import save_file
 
     checkpoint = tmp_path / "m0.safetensors"
-    save_file(vision.create_model(vision.VARIANTS["efficientvit-m0"]).state_dict(), str(checkpoint))
+    save_file(create_model(VARIANTS["efficientvit-m0"]).state_dict(), str(checkpoint))
     result = run_cli("export", "efficientvit-m1", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "x.onnx"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "patch_embed.conv1.conv.weight has shape [8, 3, 3, 3] in the checkpoint, [16, 3, 3, 3]" \
@@ -91,8 +92,8 @@ def test_checkpoint_of_another_variant_names_the_parameter(tmp_path):
 def test_timm_checkpoint_with_other_class_count_and_wrapper(tmp_path):
     import dataclasses
 
-    config = dataclasses.replace(vision.VARIANTS["shvit-s1"], num_classes=7, img_size=RESOLUTION)
-    model = vision.randomize_statistics(vision.create_model(config, seed=5), seed=5)
+    config = dataclasses.replace(VARIANTS["shvit-s1"], num_classes=7, img_size=RESOLUTION)
+    model = randomize_statistics(create_model(config, seed=5), seed=5)
     checkpoint = tmp_path / "s1.pth"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
     result = export("shvit-s1", tmp_path / "s1.onnx", checkpoint=checkpoint, resolution=RESOLUTION)
@@ -109,6 +110,8 @@ def test_timm_checkpoint_with_other_class_count_and_wrapper(tmp_path):
     (["efficientvit-m9"], "unknown model 'efficientvit-m9'"),
     (["shvit-s1", "--resolution", "100"], "resolution 100 is not one these models take"),
     (["shvit-s1", "--resolution", "32"], "multiple of 16"),
+    (["shvit-s1", "--resolution", "0"], "resolution 0 is not one these models take"),  # not silently 224
+    (["shvit-s1", "--checkpoint", ""], "checkpoint path is empty"),
     (["efficientvit-m0", "--checkpoint", "missing.pth"], "missing.pth"),
     (["efficientvit-m0", "--prune", "0.5"], "apply to transformers text models"),
     (["minilm", "--resolution", "224"], "--resolution applies to the vision models"),

@@ -17,14 +17,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from edgert.models.vision import (
-    VARIANTS,
-    CheckpointError,
-    VisionConfig,
-    create_model,
-    for_export,
-    load_weights,
-)
+from edgert.errors import CheckpointError
+from edgert.models.vision import create_model
+from edgert.models.vision_checkpoints import load_weights
+from edgert.models.vision_configs import VARIANTS, VisionConfig
+from edgert.models.vision_op_swap import for_export
 
 DATA = Path(__file__).resolve().parent / "data" / "timm_vision"
 RECORDINGS = ["efficientvit_tiny", "shvit_tiny"]

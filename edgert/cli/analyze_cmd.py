@@ -186,8 +186,8 @@ def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold:
     from edgert.cli.progress import counted
     from edgert.errors import PlanError
     from edgert.exporters import kv_heads as kv
-    from edgert.exporters.families import quiet_libraries
-    from edgert.models.zoo import resolve_source
+    from edgert.exporters.hf_loading import quiet_libraries
+    from edgert.models.sources import resolve_source
     from edgert.plan import CachePolicy
 
     if retrieval_ratio is not None and threshold is not None:

@@ -1,4 +1,8 @@
-"""edgert export SOURCE -o OUT.onnx"""
+"""edgert export SOURCE -o OUT.onnx
+
+Only Transform's module (exporters/heads.py) is imported when used: it loads torch and
+transformers, which `edgert export --help` must not.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, TASKS
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.progress import show_steps
 from edgert.errors import PlanError
+from edgert.exporters.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, TASKS, export
+from edgert.kv_cache import CacheLayout
+from edgert.models.sources import resolve_source
 from edgert.plan import HeadPlan
 
 STEPS = {"load": "loading model", "calibration": "reading calibration data",
@@ -53,7 +61,8 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
 @click.option("--calib", type=click.Path(), default=None,
               help="Calibration data for --prune and --gqa-method svd (.txt or .npz). "
                    "Default: the built-in model's set.")
-@click.option("--calib-size", type=int, default=64, show_default=True)
+@click.option("--calib-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Use at most this many calibration examples.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True,
               help="Fuse attention and bias+GELU into ONNX Runtime CPU kernels "
                    "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
@@ -82,26 +91,24 @@ def command(source: str, output: str, task: str | None, opset: int, atol: float,
     The tokenizer and a manifest (source, task, opset, validation diffs, head plan,
     optimization; for images, the preprocessing and labels) travel inside the file.
     """
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.cli.progress import show_steps
-    from edgert.exporters.export import export
-
-    check_outputs([output, json_path], inputs=[plan_path, calib, checkpoint])
+    resolved = resolve_source(source)
+    check_outputs([output, json_path], inputs=[resolved.directory, plan_path, calib, checkpoint])
     if retrieval is None and (sink is not None or recent is not None):
         raise PlanError("--sink and --recent shape the streaming heads of --retrieval-heads; "
                         "give --retrieval-heads too")
     transform = None
-    if plan_path or prune is not None or kv_heads is not None or softmax_spec or retrieval is not None:
+    if (plan_path is not None or prune is not None or kv_heads is not None or softmax_spec is not None
+            or retrieval is not None):
         from edgert.exporters.heads import Transform, parse_retrieval, parse_softmax
 
-        transform = Transform(plan=HeadPlan.load(plan_path) if plan_path else None, prune=prune,
+        transform = Transform(plan=HeadPlan.load(plan_path) if plan_path is not None else None, prune=prune,
                               kv_heads=kv_heads, gqa_method=gqa_method,
-                              softmax=parse_softmax(softmax_spec) if softmax_spec else None,
+                              softmax=parse_softmax(softmax_spec) if softmax_spec is not None else None,
                               retrieval=parse_retrieval(retrieval) if retrieval is not None else None,
                               **{k: v for k, v in (("sink", sink), ("recent", recent)) if v is not None})
         transform.check()
     with show_steps("export", STEPS) as step:
-        result = export(source, output, task=task, opset=opset, atol=atol, rtol=rtol, transform=transform,
+        result = export(resolved, output, task=task, opset=opset, atol=atol, rtol=rtol, transform=transform,
                         calib=calib, calib_size=calib_size, optimize=optimize, checkpoint=checkpoint,
                         resolution=resolution, custom_ops=custom_ops, on_step=step)
     table = Table(title="validation against torch")
@@ -151,8 +158,6 @@ def plan_table(plan) -> Table:
 
 def cache_line(decoder: dict) -> str:
     """The KV cache layout of a decoder export, in one line."""
-    from edgert.kv_cache import CacheLayout
-
     layout = CacheLayout.from_dict(decoder["cache"])
     total = sum(layout.retrieval) + sum(layout.streaming)
     line = (f"KV cache: {sum(layout.retrieval)} of {total} kv heads keep every token "
