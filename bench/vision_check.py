@@ -43,7 +43,7 @@ WORK = HERE / "_work" / "vision"
 TIMM_PYTHON = HERE / ".venv-timm" / "bin" / "python"
 TIMM_INSTALL = ("PIP_FIND_LINKS=' ' PIP_CONSTRAINT=' ' bench/.venv-timm/bin/pip install torch==2.13.0 torchvision timm "
                 "onnxscript")
-DIGITS = ROOT / "models" / "weights" / "digits"
+DIGITS = ROOT / "examples" / "digits"
 REFERENCE_CNN = "mobilenetv3_large_100"
 RESOLUTION = 224
 BATCHES = (1, 16)
@@ -207,7 +207,7 @@ def report(names, built, peer, rows, digits, args) -> str:
             cells = [f"{stats[k].p50:.2f} ({timm_ms / stats[k].p50:.2f}x)" if k in stats else "—" for k in KINDS]
             eager = float(np.median(peer[name]["eager_ms"][str(batch)]))
             lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {eager:.2f} |")
-    lines += ["", "INT8 (`edgert quantize`, 64 calibration images from models/weights/digits/calib, "
+    lines += ["", "INT8 (`edgert quantize`, 64 calibration images from examples/digits/calib, "
               "resized to 224 px; judged on the 360 held-out digit images): speedup over edgert FP32 "
               "at each batch, top-1 agreement with FP32, logits SQNR; and edgert FP32 vs timm's "
               "forward (max relative difference of the logits, 4 random images).", "",
@@ -220,8 +220,8 @@ def report(names, built, peer, rows, digits, args) -> str:
         lines.append(f"| {name} | {speedups[0]:.2f}x | {speedups[1]:.2f}x | {acc.top1_agreement:.4f} | "
                      f"{acc.sqnr_db:.1f} | {len(built[name]['int8'].float_nodes)} | {diff:.1e} |")
     if digits:
-        lines += ["", "Trained digit classifiers (models/weights/digits, 10 classes, 360 held-out images "
-                  "in models/weights/digits/heldout), FP32 vs INT8 at their own resolution:", "",
+        lines += ["", "Trained digit classifiers (examples/digits, 10 classes, 360 held-out images "
+                  "in examples/digits/heldout), FP32 vs INT8 at their own resolution:", "",
                   "| model | px | FP32 top-1 | INT8 top-1 | top-1 agreement | SQNR dB | INT8 speedup b1 "
                   "| INT8 speedup b16 |", "|---|---|---|---|---|---|---|---|"]
         for name, d in digits.items():

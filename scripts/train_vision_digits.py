@@ -1,6 +1,6 @@
 """Train EfficientViT-M0 and SHViT-S1 (models/efficientvit.py, models/shvit.py) on scikit-learn's 8x8 digits, upscaled.
 
-    .venv/bin/python scripts/train_vision_digits.py   # the committed weights in models/weights/digits
+    .venv/bin/python scripts/train_vision_digits.py   # the committed weights in examples/digits
 
 No pretrained weights can be downloaded here, so these small from-scratch classifiers give
 edgert's vision path real accuracy to check. Writes, under --out: one fp16 .safetensors per
@@ -206,7 +206,7 @@ Made by (2 CPU cores):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/weights/digits"))
+    parser.add_argument("--out", type=Path, default=Path("examples/digits"))
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)

@@ -55,3 +55,12 @@ def test_wheel_has_the_bundled_calibration_sets(wheel_files):
         for path in paths:
             inside = "edgert/quant/" + path.relative_to(ROOT / "quant").as_posix()
             assert inside in wheel_files, inside
+
+
+def test_wheel_carries_the_tiny_lm_but_no_example_images(wheel_files):
+    """What `pip install edgert` downloads: code, the bundled calibration text and the tiny LM
+    (a built-in model name), not the digit classifiers and their PNGs (examples/, in the
+    repository only)."""
+    assert "edgert/models/weights/tiny-lm/model.safetensors" in wheel_files
+    assert not [f for f in wheel_files if f.endswith((".png", ".jpg")) or "digits" in f]
+    assert not [f for f in wheel_files if f.startswith(("examples/", "tests/", "bench/", "scripts/"))]

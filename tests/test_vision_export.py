@@ -157,7 +157,7 @@ def test_channels_last_twin_computes_the_same(exports, name, tmp_path):
 def test_int8_inlines_the_attention_ops(exports, tmp_path):
     from edgert.quant.quantize import Guard, QuantConfig, quantize_model
 
-    digits = Path(__file__).resolve().parents[1] / "models" / "weights" / "digits"
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
     result = quantize_model(exports[("efficientvit-m1", True)].path, tmp_path / "m1.int8.onnx",
                             QuantConfig(calib_size=8, guard=Guard.parse("top1>=0.9")), calib=digits / "calib",
                             heldout=digits / "heldout" / "3")
@@ -177,7 +177,7 @@ def test_trained_digit_classifier_is_accurate(tmp_path):
     """The committed EfficientViT-M0 digit weights export with their labels and classify."""
     from edgert.images import ImageSpec, image_files, load_preprocessed
 
-    digits = Path(__file__).resolve().parents[1] / "models" / "weights" / "digits"
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
     result = export("efficientvit-m0", tmp_path / "d.onnx", checkpoint=digits / "efficientvit-m0.safetensors")
     spec = ImageSpec.from_manifest(result.manifest)
     assert spec.resolution == 64 and spec.labels == tuple("0123456789")
