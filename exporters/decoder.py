@@ -80,7 +80,7 @@ def prepare(source: ModelSource, request: ExportRequest, step: Step) -> Prepared
     if request.task not in (None, TASK):
         raise OptionError(f"a decoder exports as {TASK}, not {request.task!r}")
     decoder = load(source)
-    plan = _transform_heads(decoder, source, request, step)
+    plan = _transform_heads(decoder, source, request, step).check(max_length=decoder.max_length)
     plan = order_for_cache(decoder.model, plan)
     layout = CacheLayout.from_plan(plan, model_shape(decoder.model).head_dim)
     module = DecoderStep(decoder.model, layout).eval()
