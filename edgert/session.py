@@ -269,15 +269,20 @@ class Session:
 
     @property
     def max_length(self) -> int | None:
-        """The longest sequence the model takes (manifest text.max_length), None if unknown."""
-        text = self.manifest.text if self.manifest else None
-        return (text or {}).get("max_length")
+        """The longest sequence the model takes (manifest text.max_length, or decoder.max_length
+        for a decoder without a tokenizer), None if unknown."""
+        return self._manifest_limit("max_length")
 
     @property
     def vocab_size(self) -> int | None:
-        """Token ids must lie in [0, vocab_size) (manifest text.vocab_size), None if unknown."""
-        text = self.manifest.text if self.manifest else None
-        return (text or {}).get("vocab_size")
+        """Token ids must lie in [0, vocab_size) (manifest text.vocab_size or decoder.vocab_size),
+        None if unknown."""
+        return self._manifest_limit("vocab_size")
+
+    def _manifest_limit(self, name: str) -> int | None:
+        if self.manifest is None:
+            return None
+        return (self.manifest.text or {}).get(name) or (self.manifest.decoder or {}).get(name)
 
     def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Return `feeds` as numpy arrays, or raise InputError naming the first mismatch:
@@ -332,6 +337,9 @@ class Session:
                                      + ("example" if role == "batch" else "token"))
                 if role == "sequence" and limit is not None and size > limit:
                     raise InputError(f"sequence length {size} (input {spec.name!r} axis {axis}) is "
+                                     f"longer than the model's max_length {limit}")
+                if role == "past_sequence" and limit is not None and size > limit:
+                    raise InputError(f"past length {size} (input {spec.name!r} axis {axis}) is "
                                      f"longer than the model's max_length {limit}")
         available = available_memory_bytes()
         if available is None:
@@ -397,6 +405,12 @@ class Session:
                 where = tuple(int(i) for i in np.argwhere(bad)[0])
                 raise InputError(f"input {name!r} holds token id {array[where]} at {list(where)}; "
                                  f"ids must lie in [0, {self.vocab_size}) (the model's vocab_size)")
+        elif role == "position_ids" and self.max_length is not None:
+            bad = (array < 0) | (array >= self.max_length)
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise InputError(f"input {name!r} holds position {array[where]} at {list(where)}; positions "
+                                 f"must lie in [0, {self.max_length}) (the model's max_length)")
         elif role == "attention_mask":
             bad = (array != 0) & (array != 1)
             if bad.any():
