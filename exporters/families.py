@@ -103,29 +103,37 @@ def read_tokenizer(source: ModelSource) -> tuple[str | None, int | None]:
     # transformers 5 builds an empty-vocabulary tokenizer for a directory with no tokenizer
     # files at all; such a tokenizer must not travel with the model.
     if not any((source.directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        warnings.warn(f"{source.directory} has no tokenizer; the export will take token ids only",
-                      stacklevel=2)
+        warnings.warn(f"{source.directory} has no tokenizer; the model takes token ids only", stacklevel=2)
         return None, None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
     except Exception:
-        warnings.warn(f"{source.directory} has no usable tokenizer; the export will take token ids only",
-                      stacklevel=2)
+        warnings.warn(f"{source.directory} has no usable tokenizer; the model takes token ids only", stacklevel=2)
         return None, None
     if not getattr(tokenizer, "is_fast", False):
-        warnings.warn("only fast (tokenizers) tokenizers can travel with the model", stacklevel=2)
+        warnings.warn(f"{source.directory} has a slow tokenizer, which edgert cannot use (only fast "
+                      "`tokenizers` ones); the model takes token ids only", stacklevel=2)
         return None, None
     model_max = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
     return tokenizer.backend_tokenizer.to_str(), model_max
 
 
 def load_pretrained(auto_class, source: ModelSource):
-    """`auto_class.from_pretrained` offline with eager attention, in eval mode; SourceError on failure."""
+    """`auto_class.from_pretrained` offline with eager attention, in eval mode; SourceError on
+    failure, naming the first tensor whose shape in the checkpoint differs from the one its
+    config.json makes (transformers would refer to a load report that edgert keeps quiet)."""
     try:
-        return auto_class.from_pretrained(source.directory, local_files_only=True,
-                                          attn_implementation="eager").eval()
+        model, info = auto_class.from_pretrained(source.directory, local_files_only=True, attn_implementation="eager",
+                                                 ignore_mismatched_sizes=True, output_loading_info=True)
     except Exception as exc:
         raise SourceError(f"cannot load weights of {source.directory}: {first_line(exc)}") from None
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more tensors)" if len(mismatched) > 1 else ""
+        raise SourceError(f"cannot load weights of {source.directory}: {name} is {list(stored)} in the checkpoint "
+                          f"but {list(wanted)} by its config.json{more}")
+    return model.eval()
 
 
 def quiet_libraries() -> None:
