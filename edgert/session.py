@@ -395,28 +395,24 @@ class Session:
         return "inputs of shapes " + ", ".join(str(tuple(s)) for s in shapes.values())
 
     def _check_values(self, name: str, array: np.ndarray) -> None:
-        """Token ids in [0, vocab_size) and 0/1 attention masks, for models with a manifest."""
+        """For models with a manifest: token ids in [0, vocab_size), positions in [0, max_length)
+        and attention masks of 0 and 1."""
         if self.manifest is None or array.size == 0 or array.dtype.kind not in "iu":
             return
         role = self.input_role(name)
-        if role == "input_ids" and self.vocab_size is not None:
-            bad = (array < 0) | (array >= self.vocab_size)
-            if bad.any():
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"input {name!r} holds token id {array[where]} at {list(where)}; "
-                                 f"ids must lie in [0, {self.vocab_size}) (the model's vocab_size)")
-        elif role == "position_ids" and self.max_length is not None:
-            bad = (array < 0) | (array >= self.max_length)
-            if bad.any():
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"input {name!r} holds position {array[where]} at {list(where)}; positions "
-                                 f"must lie in [0, {self.max_length}) (the model's max_length)")
+        bounds = {"input_ids": ("token id ", "ids", self.vocab_size, "vocab_size"),
+                  "position_ids": ("position ", "positions", self.max_length, "max_length")}
+        if role in bounds and bounds[role][2] is not None:
+            what, plural, limit, field = bounds[role]
+            bad = (array < 0) | (array >= limit)
+            rule = f"{plural} must lie in [0, {limit}) (the model's {field})"
         elif role == "attention_mask":
-            bad = (array != 0) & (array != 1)
-            if bad.any():
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"input {name!r} holds {array[where]} at {list(where)}; an "
-                                 "attention mask holds 1 for a token and 0 for padding")
+            what, bad, rule = "", (array != 0) & (array != 1), "an attention mask holds 1 for a token and 0 for padding"
+        else:
+            return
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"input {name!r} holds {what}{array[where]} at {list(where)}; {rule}")
 
     def _output_names(self, output_names: object) -> list[str]:
         if output_names is None:
