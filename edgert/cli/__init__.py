@@ -135,7 +135,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     warnings.showwarning = _one_line_warning
-    # ONNX Runtime's telemetry (Linux builds since 1.2x) writes $TMPDIR/.ses and files under
+    # ONNX Runtime's telemetry (in its Linux wheels) writes $TMPDIR/.ses and files under
     # ~/.cache/Microsoft/DeveloperTools at import; a command leaves nothing behind but its outputs.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     torch_cache = _private_torch_cache()
@@ -164,6 +164,8 @@ def _exit_now(code: object) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a reader that went away (`| head`), a closed stream
+        except (BrokenPipeError, ValueError):  # a reader that went away (`| head`), a closed stream
             pass
+        except OSError:  # e.g. a full disk under a redirected stdout: exit as Python's shutdown would
+            code = code or 120
     os._exit(code)
