@@ -126,7 +126,10 @@ def load_pretrained(auto_class, source: ModelSource):
         model, info = auto_class.from_pretrained(source.directory, local_files_only=True, attn_implementation="eager",
                                                  ignore_mismatched_sizes=True, output_loading_info=True)
     except Exception as exc:
-        raise SourceError(f"cannot load weights of {source.directory}: {first_line(exc)}") from None
+        reason = first_line(exc)
+        if "above report" in reason:  # transformers' weight conversion failed; its report is silenced
+            reason = "transformers could not convert the checkpoint's weights to this model's layout"
+        raise SourceError(f"cannot load weights of {source.directory}: {reason}") from None
     mismatched = sorted(info.get("mismatched_keys") or [])
     if mismatched:
         name, stored, wanted = mismatched[0]

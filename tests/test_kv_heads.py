@@ -314,3 +314,19 @@ def test_analyze_kv_heads_speaks_for_itself_not_for_export(tmp_path, recwarn):
     assert result.exit_code == 0, result.output
     shown = [str(w.message) for w in recwarn]
     assert any("has no tokenizer" in m for m in shown) and not any("export" in m for m in shown), shown
+
+
+def test_a_failed_weight_conversion_is_not_left_to_a_hidden_report(tmp_path):
+    from edgert.errors import SourceError
+    from edgert.exporters.families import load_pretrained
+    from edgert.models.zoo import ModelSource
+
+    class Converting:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise RuntimeError("We encountered some issues during automatic conversion of the weights. For details "
+                               "look at the `CONVERSION` entries of the above report!")
+
+    with pytest.raises(SourceError) as caught:
+        load_pretrained(Converting, ModelSource("m", tmp_path, None))
+    assert "could not convert the checkpoint's weights" in str(caught.value) and "report" not in str(caught.value)
