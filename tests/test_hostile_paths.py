@@ -145,3 +145,18 @@ def test_onnx_runtime_leaves_no_telemetry_files(tmp_path):
     result = run(["run", str(model), "--text", "hello world"], tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert sorted(home.rglob("*")) == [] and sorted(tmpdir.rglob("*")) == []
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "{model}"], ["run", "{model}", "--text", "hi"]],
+                         ids=["version", "help", "inspect", "run"])
+def test_a_full_disk_under_stdout_is_one_error_line(tmp_path, args):
+    """stdout redirected to a full disk (/dev/full): --version and --help wrote outside every
+    error handler and ended in a traceback."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    model = make_text_model(tmp_path / "text.onnx")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "edgert", *[a.format(model=model) for a in args]],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, env=user_env())
+    assert_one_error(subprocess.CompletedProcess(result.args, result.returncode, "", result.stderr),
+                     "no space left on the device")

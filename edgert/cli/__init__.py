@@ -49,14 +49,8 @@ class EdgertGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except EdgertError as exc:
-            fail(first_line(exc))
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                fail(f"no space left on the device ({os.strerror(exc.errno)}); nothing was written")
-            if isinstance(exc, BrokenPipeError):  # `edgert ... | head`: the reader went away
-                os._exit(0)
-            internal_error(exc)
+        except (EdgertError, OSError) as exc:
+            report_error(exc)
         except click.ClickException as exc:
             raise one_line_usage_error(exc) from None
         except (click.exceptions.Exit, click.exceptions.Abort):
@@ -75,6 +69,19 @@ def one_line_usage_error(exc: click.ClickException) -> click.ClickException:
     if isinstance(exc, click.UsageError):
         return click.UsageError(flat, exc.ctx)
     return click.ClickException(flat)
+
+
+def report_error(exc: EdgertError | OSError) -> None:
+    """Exit for an error a user can cause: one `Error:` line and code 2 for an EdgertError or a
+    full disk, code 0 when the reader of stdout went away (`edgert ... | head`), else
+    internal_error."""
+    if isinstance(exc, EdgertError):
+        fail(first_line(exc))
+    if exc.errno in DISK_FULL:
+        fail(f"no space left on the device ({os.strerror(exc.errno)}); nothing was written")
+    if isinstance(exc, BrokenPipeError):
+        os._exit(0)
+    internal_error(exc)
 
 
 def fail(message: str) -> None:
@@ -141,7 +148,10 @@ def main() -> None:
     torch_cache = _private_torch_cache()
     code: object = 1
     try:
-        cli()
+        try:
+            cli()
+        except OSError as exc:  # outside any command: --help or --version writing to a full disk
+            report_error(exc)
     except SystemExit as exc:  # click's standalone mode ends every run with one
         code = exc.code
     finally:
@@ -161,11 +171,15 @@ def _exit_now(code: object) -> None:
     elif not isinstance(code, int):  # sys.exit("message"): Python prints it and exits 1
         sys.stderr.write(f"{code}\n")
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):  # a reader that went away (`| head`), a closed stream
-            pass
-        except OSError:  # e.g. a full disk under a redirected stdout: exit as Python's shutdown would
-            code = code or 120
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # a reader that went away (`| head`), a closed stream
+        pass
+    except OSError as exc:  # stdout redirected to a full disk: the last of it was not written
+        sys.stderr.write(f"Error: cannot write to stdout ({os.strerror(exc.errno) if exc.errno else exc})\n")
+        code = code or 2
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
