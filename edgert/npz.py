@@ -15,7 +15,8 @@ from edgert.errors import EdgertError, first_line, shown_path
 from edgert.memory import check_memory
 
 
-def npz_headers(path: str | os.PathLike, what: str, error: type[EdgertError]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def npz_headers(path: str | os.PathLike, what: str,
+                error: type[EdgertError]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{array name: (shape, dtype)} of the .npz at `path`, read from the headers alone;
     `error` naming `what` and the file if it is missing or not an .npz of plain arrays."""
     path = input_file(path, what, error)

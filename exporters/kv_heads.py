@@ -28,8 +28,8 @@ import numpy as np
 
 from edgert.checks import finite_number, whole_number
 from edgert.errors import OptionError, PlanError
-from edgert.plan import CachePolicy, HeadPlan
 from edgert.memory import check_memory
+from edgert.plan import CachePolicy, HeadPlan
 
 METHODS = ("pattern", "razor", "duo")
 # What the methods hold at once, as floors (a run they refuse could not fit): razor keeps one
@@ -79,7 +79,8 @@ def choose_heads(identity: HeadPlan, scores: HeadScores, *, ratio: float | None,
         threshold = finite_number(threshold, "threshold", error=PlanError)
         retrieval = int(sum(v >= threshold for row in table for v in row))
     elif ratio is not None:
-        retrieval = finite_number(ratio, "a retrieval ratio", low=0, high=1, error=PlanError)  # a fraction, not a count
+        # a float, so that with_windows reads it as a fraction even when it is 0 or 1, never a count
+        retrieval = finite_number(ratio, "a retrieval ratio", low=0, high=1, error=PlanError)
     else:
         raise PlanError("choose retrieval heads by a ratio or a threshold")
     return identity.with_windows(retrieval, sink, recent, scores=table, max_length=max_length)
@@ -349,7 +350,8 @@ class AnalyzeOptions:
             whole_number(self.echo_heads, "--echo-heads", low=0, high=sum(x.num_kv_heads for x in identity.layers))
             tokens = self.length * self.repeats + 1
             if tokens > max_length:
-                raise OptionError(f"razor's {self.repeats} x {self.length} tokens exceed the model's limit ({max_length})")
+                raise OptionError(f"razor's {self.repeats} x {self.length} tokens exceed the model's limit "
+                                  f"({max_length})")
             check_memory(tokens * tokens * (4 * heads + RAZOR_MASK_BYTES), "a razor scoring pass",
                          advice="use a smaller --length or --repeats")
         if self.method == "duo":

@@ -262,8 +262,10 @@ GENERATE_ERRORS = [
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "128"],
      "--stop-ids: token id 128 is outside the vocabulary [0, 128)"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "-1"], "temperature must be a finite number >= 0"),
-    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5"], "--top-p must lie in (0, 1], got 1.5"),
-    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0"], "--top-k must be a whole number >= 1, got 0"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5"],
+     "--top-p must lie in (0, 1], got 1.5"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0"],
+     "--top-k must be a whole number >= 1, got 0"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--seed", "-1"], "seed must be a whole number >= 0"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--threads", "0"], "threads must lie in 1.."),
 ]

@@ -147,8 +147,8 @@ def test_onnx_runtime_leaves_no_telemetry_files(tmp_path):
     assert sorted(home.rglob("*")) == [] and sorted(tmpdir.rglob("*")) == []
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "{model}"], ["run", "{model}", "--text", "hi"]],
-                         ids=["version", "help", "inspect", "run"])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "{model}"],
+                                  ["run", "{model}", "--text", "hi"]], ids=["version", "help", "inspect", "run"])
 def test_a_full_disk_under_stdout_is_one_error_line(tmp_path, args):
     """stdout redirected to a full disk (/dev/full): --version and --help wrote outside every
     error handler and ended in a traceback."""

@@ -215,7 +215,8 @@ def test_cli_errors_are_one_line_and_leave_no_plan(decoder_dir, tmp_path, args, 
 @pytest.mark.parametrize("available, args, message", [
     (2**30, ["--method", "duo", "--context", "512", "--batch-size", "128", "--steps", "1"],
      "a duo training step needs 2.0 GiB; 1.0 GiB of memory is available (use a shorter --context"),
-    (2**20, ["--method", "razor", "--length", "255", "--repeats", "2"], "a razor scoring pass needs 8.0 MiB; 1.0 MiB of memory is available"),
+    (2**20, ["--method", "razor", "--length", "255", "--repeats", "2"],
+     "a razor scoring pass needs 8.0 MiB; 1.0 MiB of memory is available"),
 ])
 def test_cli_refuses_attention_matrices_larger_than_memory(decoder_dir, tmp_path, monkeypatch, available, args,
                                                            message):

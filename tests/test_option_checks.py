@@ -69,11 +69,15 @@ def test_finite_numbers_that_fail(value, kwargs, message):
 def test_each_item_of_a_list_and_the_error_class():
     assert each((1, 2), "ids", lambda v, w: whole_number(v, w, low=0)) == [1, 2]
     for values, message in [([], "ids is empty"), ("12", "ids must be a list, got '12'"),
-                            ({1: 2}, "ids must be a list, got dict"), ([1, -2], r"ids\[1\] must be a whole number >= 0")]:
+                            ({1: 2}, "ids must be a list, got dict"),
+                            ([1, -2], r"ids\[1\] must be a whole number >= 0")]:
         with pytest.raises(OptionError, match=message):
             each(values, "ids", lambda v, w: whole_number(v, w, low=0))
     with pytest.raises(PlanError, match="must be a whole number"):
         whole_number("x", "sink", error=PlanError)
+
+
+EMPTY_ITEM = "--seed must be comma-separated whole numbers such as 1,2,3; '' is not a whole number"
 
 
 def option(param_type) -> click.Option:
@@ -82,7 +86,8 @@ def option(param_type) -> click.Option:
 
 @pytest.mark.parametrize("param_type, text, expected", [
     (WholeNumber(0), " 7 ", 7), (WholeNumber(0), "+3", 3), (FiniteFloat(0), "1e-3", 0.001),
-    (CommaList(whole=True, low=1), "256, 512", [256, 512]), (CommaList(whole=False, low=0, high=1), "0,.5,1", [0.0, 0.5, 1.0]),
+    (CommaList(whole=True, low=1), "256, 512", [256, 512]),
+    (CommaList(whole=False, low=0, high=1), "0,.5,1", [0.0, 0.5, 1.0]),
 ])
 def test_option_types_convert(param_type, text, expected):
     assert param_type.convert(text, option(param_type), None) == expected
@@ -95,8 +100,8 @@ def test_option_types_convert(param_type, text, expected):
     (FiniteFloat(0), "nan", "--seed must be a finite number >= 0, got nan"),
     (FiniteFloat(), "-inf", "--seed must be a finite number, got -inf"),
     (FiniteFloat(), "x", "--seed must be a number; 'x' is not a number"),
-    (CommaList(whole=True), "1,,2", "--seed must be comma-separated whole numbers such as 1,2,3; '' is not a whole number"),
-    (CommaList(whole=True), "1,2,", "--seed must be comma-separated whole numbers such as 1,2,3; '' is not a whole number"),
+    (CommaList(whole=True), "1,,2", EMPTY_ITEM),
+    (CommaList(whole=True), "1,2,", EMPTY_ITEM),
     (CommaList(whole=True, low=1), "4,0", "--seed must be a whole number >= 1, got 0"),
     (CommaList(whole=False, low=0, high=1), "0.5,1.5", "--seed must lie in [0, 1], got 1.5"),
     (CommaList(whole=False), "a", "--seed must be comma-separated numbers such as 0,0.5,1; 'a' is not a number"),
