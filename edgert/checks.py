@@ -13,12 +13,15 @@ from edgert.errors import EdgertError, OptionError
 
 def shown_value(value: object) -> str:
     """A wrong value as a message shows it: its repr when short, else its type's name."""
+    if isinstance(value, numbers.Integral) and abs(int(value)).bit_length() > 128:
+        # repr() of an int of more than 4300 digits raises ValueError; its size says enough
+        return f"a number with about {int(abs(int(value)).bit_length() * math.log10(2)) + 1} digits"
     text = repr(value)
     if (value is None or isinstance(value, (str, bytes, numbers.Number))) and len(text) <= 40:
         return text
     if isinstance(value, (str, bytes)):
         return repr(value[:30]) + "..."
-    return text[:37] + "..." if isinstance(value, numbers.Integral) else type(value).__name__
+    return type(value).__name__
 
 
 def _range_words(low: object, high: object, low_open: bool, high_open: bool, whole: bool) -> str:

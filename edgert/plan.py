@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert._io import input_file, path_argument
-from edgert.checks import finite_number
+from edgert.checks import finite_number, shown_value
 from edgert.errors import ModelLoadError, PlanError, first_line, shown_path
 
 MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
@@ -52,7 +52,7 @@ def _check_int(value: object, what: str, minimum: int | None = None) -> None:
     if not _is_int(value):
         raise PlanError(f"{what} must be an integer, got {_kind(value)}")
     if minimum is not None and value < minimum:
-        raise PlanError(f"{what} must be >= {minimum}, got {value}")
+        raise PlanError(f"{what} must be >= {minimum}, got {shown_value(value)}")
 
 
 def _check_int_list(value: object, what: str) -> None:
@@ -139,7 +139,8 @@ class CachePolicy:
             if self.sink + self.recent > limit:
                 whose = (f"the model's max_length ({max_length})" if max_length is not None
                          else f"the {MAX_WINDOW_TOKENS} tokens a window may keep")
-                raise PlanError(f"{where}: a window of sink {self.sink} + recent {self.recent} tokens "
+                raise PlanError(f"{where}: a window of sink {shown_value(self.sink)} + recent "
+                                f"{shown_value(self.recent)} tokens "
                                 f"is longer than {whose}")
         else:
             raise PlanError(f"{where}: unknown cache policy {self.kind!r} (full, window)")

@@ -194,6 +194,8 @@ def test_window_caches_are_bounded_by_max_length_or_an_absolute_limit():
         CachePolicy("window", 4, 13).check("w", max_length=16)
     with pytest.raises(PlanError, match=f"longer than the {MAX_WINDOW_TOKENS} tokens a window may keep"):
         CachePolicy("window", 10**12, 256).check("w")
+    with pytest.raises(PlanError, match="sink a number with about 5001 digits"):  # str() of it would raise
+        CachePolicy("window", 10**5000, 256).check("w")
     plan = HeadPlan.full(2, 4, num_kv_heads=2).with_windows(1, 64, 256)
     assert plan.check(max_length=320) is plan
     with pytest.raises(PlanError, match=r"layer \d kv head 1: a window of sink 64 \+ recent 256"):

@@ -26,7 +26,10 @@ def option_name(param: click.Parameter | None) -> str:
 def _whole_text(text: str, what: str, words: str) -> int:
     if not _WHOLE.fullmatch(text.strip()):
         raise OptionError(f"{what} must be {words}; {shown_value(text)} is not a whole number")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise OptionError(f"{what} must be {words}; {shown_value(text)} has too many digits") from None
 
 
 def _float_text(text: str, what: str, words: str) -> float:
