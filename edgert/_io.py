@@ -13,18 +13,23 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from edgert.errors import EdgertError, OutputPathError, first_line
+from edgert.errors import EdgertError, OutputPathError, first_line, shown_path
 
 # Temporary files and folders being written right now, so a signal handler can remove them.
 PENDING_OUTPUTS: set[Path] = set()
 # Outputs this process has finished writing (an interrupt message names them).
 WRITTEN_OUTPUTS: list[Path] = []
+# Temporary files being renamed onto their outputs right now: {temporary: output}.
+RENAMING: dict[Path, Path] = {}
 # errno values that mean the disk (or the user's quota or file-size limit) is full.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Characters of the output's name that its temporary twin (".NAME.1a2b3c4d.tmp") carries.
+_TEMPORARY_NAME_CHARS = 32
 
 
 def path_argument(value: object, what: str = "path",
@@ -44,27 +49,54 @@ def path_argument(value: object, what: str = "path",
     return path
 
 
+def input_file(value: object, what: str, error: type[EdgertError]) -> Path:
+    """`value` as the Path of an existing regular file, or `error` naming `what` and the path:
+    missing, a folder, a device or pipe, or a path the OS refuses (a name too long, a symlink
+    loop, a permission denied)."""
+    path = path_argument(value, f"{what} path", error)
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise error(f"{what} not found: {shown_path(path)}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {shown_path(path)}: {exc.strerror or first_line(exc)}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} is a folder, not a file: {shown_path(path)}")
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} is not a regular file: {shown_path(path)}")
+    return path
+
+
 def check_output_path(path: str | os.PathLike, *, inputs: Iterable[object] = ()) -> Path:
     """Return `path` as a Path after checking that edgert may write it.
 
     Its directory must exist and be writable; an existing entry must be a regular file
-    (devices, pipes and pseudo-files are refused rather than replaced); and it must not be
-    the same file as any of `inputs` (None entries are ignored).
+    (devices, pipes and pseudo-files are refused rather than replaced); it must not be any of
+    `inputs` (None entries are ignored), nor lie inside an input that is a folder (a model
+    directory, an image folder). Paths are compared after resolving symbolic links. A path
+    the OS refuses (a name too long, a symlink loop, a permission denied) is an
+    OutputPathError naming it.
     """
     path = path_argument(path, "output path")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"output directory does not exist: {parent}")
-    if path.is_dir():
-        raise OutputPathError(f"output path is a directory: {path}")
-    if os.path.lexists(path) and not path.is_file():
-        raise OutputPathError(f"output path exists and is not a regular file: {path}")
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"output directory is not writable: {parent}")
+    parent = path.parent
+    with os_errors(path, "write"):
+        if not parent.is_dir():
+            raise OutputPathError(f"output directory does not exist: {shown_path(parent)}")
+        if path.is_dir():
+            raise OutputPathError(f"output path is a directory: {shown_path(path)}")
+        if os.path.lexists(path) and not path.is_file():
+            raise OutputPathError(f"output path exists and is not a regular file: {shown_path(path)}")
+        if not os.access(parent, os.W_OK):
+            raise OutputPathError(f"output directory is not writable: {shown_path(parent)}")
     for item in inputs:
-        if item is not None and _same_file(path, item):
-            raise OutputPathError(f"output {path} is the same file as input {item}; "
+        if item is None or not isinstance(item, (str, os.PathLike)) or isinstance(item, bytes):
+            continue
+        if _same_file(path, item):
+            raise OutputPathError(f"output {shown_path(path)} is the same file as input {shown_path(item)}; "
                                   "choose another output path")
+        if _inside_folder(path, item):
+            raise OutputPathError(f"output {shown_path(path)} lies inside input folder {shown_path(item)}; "
+                                  "choose a path outside it")
     return path
 
 
@@ -79,18 +111,72 @@ def check_outputs(outputs: Sequence[object], *, inputs: Iterable[object] = ()) -
         path = check_output_path(item, inputs=inputs)
         for earlier in checked:
             if _same_file(path, earlier):
-                raise OutputPathError(f"two outputs are the same file: {earlier} and {path}")
+                raise OutputPathError(f"two outputs are the same file: {shown_path(earlier)} and {shown_path(path)}")
         checked.append(path)
     return checked
 
 
-def _same_file(a: os.PathLike, b: object) -> bool:
-    if not isinstance(b, (str, os.PathLike)) or isinstance(b, bytes):
-        return False
+def _real_paths(path: os.PathLike | str) -> set[str]:
+    """Where `path` is on disk: the real path of its folder joined with its name (the entry a
+    rename replaces) and, when that entry is a symbolic link, what it points to. Never raises:
+    a path the OS cannot resolve (a loop, a name too long) is compared as written."""
+    text = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(text)
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): compare where they would be
-        return Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve()
+        return {os.path.join(os.path.realpath(folder), name), os.path.realpath(text)}
+    except ValueError:  # a NUL character: no file can have this name
+        return {text}
+
+
+def _same_file(a: os.PathLike | str, b: os.PathLike | str) -> bool:
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except (OSError, ValueError):  # one does not exist (yet), a loop, a name too long
+        pass
+    return bool(_real_paths(a) & _real_paths(b))
+
+
+def _inside_folder(path: os.PathLike | str, folder: os.PathLike | str) -> bool:
+    """Whether `path` lies (at any depth) inside `folder`, when `folder` is a folder."""
+    try:
+        if not os.path.isdir(folder):
+            return False
+    except ValueError:  # a NUL character
+        return False
+    real_folder = Path(os.path.realpath(folder))
+    return any(Path(place) != real_folder and Path(place).is_relative_to(real_folder)
+               for place in _real_paths(path))
+
+
+def os_error(exc: OSError, path: object, doing: str) -> EdgertError:
+    """The OutputPathError for an OSError the OS raised while edgert was `doing` (e.g. "write")
+    `path`: a full disk says so; anything else (ENAMETOOLONG, ELOOP, EACCES, EISDIR...) names
+    the path and the OS's reason."""
+    if exc.errno in DISK_FULL:
+        return OutputPathError(f"no space left writing {shown_path(path)} ({os.strerror(exc.errno)}); "
+                               "nothing was written")
+    return OutputPathError(f"cannot {doing} {shown_path(path)}: {exc.strerror or first_line(exc)}")
+
+
+@contextlib.contextmanager
+def os_errors(path: object, doing: str) -> Iterator[None]:
+    """Turn an OSError raised inside into os_error(exc, path, doing)."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, path, doing) from None
+
+
+def temporary_root() -> Path:
+    """The folder for temporary files ($TMPDIR, else the system's), or OutputPathError when no
+    folder can be written (tempfile tries writing a byte in each candidate, which fails under
+    a full disk or `ulimit -f 0`)."""
+    try:
+        return Path(tempfile.gettempdir())
+    except OSError as exc:
+        raise OutputPathError(f"no usable folder for temporary files ({first_line(exc)}); set TMPDIR "
+                              "to a writable folder with free space") from None
 
 
 def reserve_temporary(folder: Path, prefix: str, suffix: str = "", *, directory: bool = False) -> Path:
@@ -110,6 +196,9 @@ def reserve_temporary(folder: Path, prefix: str, suffix: str = "", *, directory:
             return path
         except FileExistsError:
             PENDING_OUTPUTS.discard(path)
+        except OSError as exc:
+            PENDING_OUTPUTS.discard(path)
+            raise os_error(exc, folder, "create a temporary file in") from None
 
 
 @contextlib.contextmanager
@@ -121,22 +210,35 @@ def atomic_output(path: str | os.PathLike, *, inputs: Iterable[object] = ()) -> 
     permissions a plain `open()` would give it (0666 less the umask), not mkstemp's 0600.
     """
     path = check_output_path(path, inputs=inputs)
-    tmp = reserve_temporary(path.parent, f".{path.name}.", ".tmp")
+    # The temporary name carries the start of the output's name (for a user who finds one left
+    # by a kill -9) but stays short: a 250-character output name is legal, its twin may not be.
+    tmp = reserve_temporary(path.parent, f".{path.name[:_TEMPORARY_NAME_CHARS]}.", ".tmp")
     try:
         with disk_full_as_error(path):
             yield tmp
+        with os_errors(path, "write"):
             os.chmod(tmp, 0o666 & ~current_umask())
+            RENAMING[tmp] = path
             os.replace(tmp, path)
         WRITTEN_OUTPUTS.append(path)
     finally:
+        RENAMING.pop(tmp, None)
         PENDING_OUTPUTS.discard(tmp)
         remove_pending(tmp)
+
+
+def written_outputs() -> list[Path]:
+    """The outputs this process has finished writing, for an interrupt handler: WRITTEN_OUTPUTS
+    and any output renamed into place whose entry there was not yet made (a signal handler
+    runs between any two bytecodes, so also between the rename and the append)."""
+    renamed = [path for tmp, path in list(RENAMING.items()) if not os.path.lexists(tmp)]
+    return [*WRITTEN_OUTPUTS, *(p for p in renamed if p not in WRITTEN_OUTPUTS)]
 
 
 @contextlib.contextmanager
 def temporary_directory(prefix: str = "edgert-") -> Iterator[Path]:
     """A temporary folder (under $TMPDIR) removed on exit, on error and on SIGINT/SIGTERM."""
-    folder = reserve_temporary(Path(tempfile.gettempdir()), prefix, directory=True)
+    folder = reserve_temporary(temporary_root(), prefix, directory=True)
     try:
         with disk_full_as_error(folder):
             yield folder
@@ -165,8 +267,7 @@ def disk_full_as_error(where: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            raise OutputPathError(f"no space left writing {where} ({os.strerror(exc.errno)}); "
-                                  "nothing was written") from None
+            raise os_error(exc, where, "write") from None
         raise
 
 

@@ -10,13 +10,13 @@ prefill's working set are known to fit in the memory available (edgert/decode_me
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgert.checks import finite_number, shown_value, whole_number
 from edgert.decode_memory import DecoderShape, GenerationMemory, check_fits, generation_memory
 from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
 from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout, KVCache
@@ -59,7 +59,10 @@ class Generator:
         if self.max_length > self.model_max_length:
             raise OptionError(f"max_length {self.max_length} exceeds the model's limit {self.model_max_length}")
         self.prefill_chunk = _positive(prefill_chunk, "prefill_chunk")
-        self.eos_token_ids = [int(t) for t in decoder.get("eos_token_ids") or []]
+        if self.layout.window > self.model_max_length:
+            raise ModelLoadError(f"{shown_path(self.session.path)}: its streaming window ({self.layout.window} "
+                                 f"tokens) is longer than its max_length ({self.model_max_length})")
+        self.eos_token_ids = list(decoder.get("eos_token_ids") or [])  # integers: Manifest checked them
         self._output_names = self.session.output_names
         self._cache: KVCache | None = None
         self._shape = DecoderShape.from_plan(self.layout, manifest.plan, self.vocab_size)
@@ -85,7 +88,10 @@ class Generator:
 
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """Text of `token_ids` by the model's own tokenizer."""
-        return self._codec().decode(_token_list(token_ids, "token_ids"), skip_special_tokens=skip_special_tokens)
+        tokens = self._known_ids(token_ids, "token_ids")
+        if not isinstance(skip_special_tokens, bool):
+            raise OptionError(f"skip_special_tokens must be True or False, got {shown_value(skip_special_tokens)}")
+        return self._codec().decode(tokens, skip_special_tokens=skip_special_tokens)
 
     def _codec(self):
         if self._tokenizer is None:
@@ -162,7 +168,7 @@ class Generator:
             raise InputError(f"prompt ({_tokens(longest)}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"the limit of {self.max_length} tokens")
         pick = _sampler(temperature, top_k, top_p, seed)
-        stop_ids = set(self.eos_token_ids if stop is None else _token_list(stop, "stop"))
+        stop_ids = set(self.eos_token_ids if stop is None else self._known_ids(stop, "stop"))
         cache = self._new_cache(len(prompts), longest, max_new_tokens)
         return self._decode(cache, prompts, max_new_tokens, pick, stop_ids, single)
 
@@ -171,12 +177,10 @@ class Generator:
         predicts after the prompt and the first i continuation tokens (for comparing two
         graphs of one model token by token, e.g. FP32 against INT8)."""
         prompt = self._check_prompts([prompt_ids])[0]
-        continuation = _token_list(continuation, "continuation")
+        continuation = self._known_ids(continuation, "continuation")
         if len(prompt) + len(continuation) > self.max_length:
             raise InputError(f"prompt + continuation ({len(prompt) + len(continuation)} tokens) exceeds "
                              f"the limit of {self.max_length} tokens")
-        if continuation:
-            self._check_prompts([continuation])  # ids inside the vocabulary
         cache = self._new_cache(1, len(prompt), len(continuation))
         ids = np.asarray([prompt], np.int64)
         positions = np.arange(len(prompt), dtype=np.int64)[None]
@@ -244,16 +248,22 @@ class Generator:
             raise InputError("prompt_ids must be a non-empty list of token ids (or of such lists)")
         checked = []
         for prompt in prompts:
-            tokens = _token_list(prompt, "prompt_ids")
+            tokens = self._known_ids(prompt, "prompt_ids", "prompt")
             if not tokens:
                 raise InputError("a prompt must hold at least one token id")
-            bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-            if bad:
-                raise InputError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
             if len(tokens) > self.max_length:
                 raise InputError(f"prompt has {len(tokens)} tokens; the limit is {self.max_length}")
             checked.append(tokens)
         return checked
+
+    def _known_ids(self, value: object, what: str, label: str | None = None) -> list[int]:
+        """`value` as a list of token ids inside the vocabulary; InputError naming `what` otherwise."""
+        tokens = _token_list(value, what)
+        bad = next((t for t in tokens if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InputError(f"{label or what + ':'} token id {shown_value(bad)} is outside the vocabulary "
+                             f"[0, {self.vocab_size})")
+        return tokens
 
     def __repr__(self) -> str:
         return f"Generator({str(self.session.path)!r}, device={self.session.device!r})"
@@ -280,34 +290,34 @@ def _token_list(value: object, what: str) -> list[int]:
     return [int(t) for t in tokens]
 
 
-def _positive(value: object, what: str, error: type[EdgertError] = InputError) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise error(f"{what} must be a whole number >= 1, got {value!r}"[:120])
-    return int(value)
+def _positive(value: object, what: str, error: type[EdgertError] = OptionError) -> int:
+    return whole_number(value, what, low=1, error=error)
 
 
 def _sampler(temperature: object, top_k: object, top_p: object, seed: object):
     """A function logits [B, vocab] -> token ids [B], after checking the sampling options."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-            or not math.isfinite(temperature) or temperature < 0:
-        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}"[:120])
+    temperature = finite_number(temperature, "temperature", low=0)
     if top_k is not None:
         top_k = _positive(top_k, "top_k")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
-        raise InputError(f"top_p must lie in (0, 1], got {top_p!r}"[:120])
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-        raise InputError(f"seed must be a whole number >= 0, got {seed!r}"[:120])
+    if top_p is not None:
+        top_p = finite_number(top_p, "top_p", low=0, high=1, low_open=True)
+    if seed is not None:
+        seed = whole_number(seed, "seed", low=0)
     if temperature == 0:
         return lambda logits: logits.argmax(axis=-1)
     rng = np.random.default_rng(seed)
 
     def sample(logits: np.ndarray) -> np.ndarray:
-        scores = logits.astype(np.float64) / temperature
+        scores = logits.astype(np.float64)
+        # Shift before dividing: the largest score becomes 0 and the others at most 0, so a tiny
+        # temperature sends them to -inf (probability 0), the greedy limit, instead of
+        # overflowing to inf - inf = nan.
+        with np.errstate(over="ignore"):
+            scores = (scores - scores.max(axis=-1, keepdims=True)) / temperature
         if top_k is not None and top_k < scores.shape[-1]:
             kth = np.partition(scores, -top_k, axis=-1)[:, -top_k:].min(axis=-1, keepdims=True)
             scores = np.where(scores < kth, -np.inf, scores)
-        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs = np.exp(scores)
         probs /= probs.sum(axis=-1, keepdims=True)
         if top_p is not None and top_p < 1:
             order = np.argsort(-probs, axis=-1)

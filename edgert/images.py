@@ -18,14 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
+from edgert._io import input_file
 from edgert.errors import DependencyError, ImageError, first_line, shown_path
+from edgert.memory import check_memory
 
 TASK = "image-classification"
 PIXEL_VALUES = "pixel_values"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 INTERPOLATIONS = ("bicubic", "bilinear")
 TOP_K = 5
-
+# Bytes per pixel of a decoded image (Pillow keeps up to 4 bytes per pixel: RGBA, CMYK, I, F)
+# plus its RGB copy: what reading an image takes before it is resized.
+DECODED_BYTES_PER_PIXEL = 4 + 3
+# The resized image (shorter side to resolution / crop_pct) is made whole, as timm makes it, up
+# to this many pixels (32 MiB; aspect ratios up to 128:1 at 224 px). Beyond it, e.g. for a 100000 x 1
+# image whose resized form would take gigabytes, only the centre crop is resized (Pillow's
+# resize with a box): the same source positions and filter, but Pillow may then run its two
+# passes in the other order, so pixels can differ by a few levels from the whole-image path.
+MAX_RESIZED_PIXELS = 2**23
 
 
 @dataclass(frozen=True)
@@ -92,17 +102,24 @@ def load_image(path: str | os.PathLike):
     """The image at `path` as an RGB Pillow image; ImageError naming the file if it is
     missing or not a readable image."""
     image_module = _pillow()
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image not found: {shown_path(path)}")
-    if not path.is_file():
-        raise ImageError(f"{shown_path(path)} is not an image file")
+    path = input_file(path, "image", ImageError)
     try:
-        with image_module.open(path) as image:
+        with image_module.open(path) as image:  # reads the header only: the size, not the pixels
+            _check_decoded_size(path, image.size)
             image.load()
             return image.convert("RGB")
+    except ImageError:
+        raise
     except Exception as exc:  # Pillow raises many types for truncated or foreign files
         raise ImageError(f"cannot read {shown_path(path)} as an image: {first_line(exc)}") from None
+
+
+def _check_decoded_size(path: Path, size: tuple[int, int]) -> None:
+    """ImageError when decoding an image of `size` (width, height) would take more memory than
+    is available (Pillow's own guard, MAX_IMAGE_PIXELS, refuses only sizes past its limit)."""
+    width, height = size
+    check_memory(width * height * DECODED_BYTES_PER_PIXEL,
+                 f"decoding {shown_path(path)} ({width} x {height} pixels)", error=ImageError)
 
 
 def preprocess(image, spec: ImageSpec) -> np.ndarray:
@@ -114,11 +131,17 @@ def preprocess(image, spec: ImageSpec) -> np.ndarray:
     width, height = image.size
     short, long = sorted((width, height))
     size = (spec.resize_to, int(spec.resize_to * long / short))
-    image = image.convert("RGB").resize(size if width <= height else size[::-1], resample)
+    resized = size if width <= height else size[::-1]
     crop = spec.resolution
     # torchvision's CenterCrop: round() of the half-difference, Python's round-half-to-even
-    left, top = int(round((image.size[0] - crop) / 2.0)), int(round((image.size[1] - crop) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32) / np.float32(255)
+    left, top = int(round((resized[0] - crop) / 2.0)), int(round((resized[1] - crop) / 2.0))
+    image = image.convert("RGB")
+    if resized[0] * resized[1] <= MAX_RESIZED_PIXELS:
+        image = image.resize(resized, resample).crop((left, top, left + crop, top + crop))
+    else:  # an extreme aspect ratio: resize only the crop's part of the image (see MAX_RESIZED_PIXELS)
+        sx, sy = width / resized[0], height / resized[1]
+        image = image.resize((crop, crop), resample, box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255)
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert.errors import ModelLoadError, PlanError
+from edgert.plan import MAX_WINDOW_TOKENS
 
 # Additive masks are built in the graph from these integer inputs.
 INPUT_IDS, POSITION_IDS, ATTENTION_MASK = "input_ids", "position_ids", "attention_mask"
@@ -96,7 +97,8 @@ class CacheLayout:
         counts = (layout.head_dim, layout.sink, layout.recent, *layout.retrieval, *layout.streaming)
         if (not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts)
                 or layout.head_dim < 1 or len(layout.retrieval) != len(layout.streaming)
-                or not layout.retrieval or (any(layout.streaming) and layout.recent < 1)):
+                or not layout.retrieval or (any(layout.streaming) and layout.recent < 1)
+                or layout.sink + layout.recent > MAX_WINDOW_TOKENS):
             raise ModelLoadError("manifest decoder.cache holds impossible sizes")
         return layout
 

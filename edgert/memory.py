@@ -1,11 +1,14 @@
 """This process's and this machine's memory: resident set (current and peak), the memory
-available to allocate, and byte counts as people read them. Linux reads /proc; elsewhere
+available to allocate (and sizes a user asked for, checked against it before anything is
+allocated), and byte counts as people read them. Linux reads /proc; elsewhere
 the figures are unknown (0 or None) except the peak, which getrusage gives on Unix.
 """
 
 from __future__ import annotations
 
 import sys
+
+from edgert.errors import EdgertError, OptionError
 
 try:
     import resource  # Unix only
@@ -69,3 +72,12 @@ def format_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} bytes"
+
+
+def check_memory(needed: int, what: str, *, advice: str = "", error: type[EdgertError] = OptionError) -> None:
+    """`error` ("`what` needs N GiB; M GiB of memory is available (advice)") when `needed` bytes
+    exceed the memory available now; no check where the OS does not say (non-Linux)."""
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise error(f"{what} needs {format_bytes(needed)}; {format_bytes(available)} of memory is available"
+                    + (f" ({advice})" if advice else ""))

@@ -11,10 +11,16 @@ any model with a tokenizer can be evaluated on them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgert.checks import each, finite_number, shown_value, whole_number
+from edgert.errors import InputError, OptionError
+from edgert.generator import Generator
+from edgert.memory import check_memory
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. "
                "Find it and memorize it. I will quiz you about the important information there.")
@@ -23,6 +29,9 @@ FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here
           "The road is long.", "We walk on and on.")
 QUESTION = "What is the pass key? The pass key is"
 KEY_DIGITS = 5
+# Each (context, depth) cell decodes its trials as one batch; more than this many prompts per
+# cell is no longer a test of one model but a stress test of the machine.
+MAX_TRIALS = 10_000
 
 
 def key_sentence(key: str) -> str:
@@ -49,20 +58,23 @@ def random_key(rng: np.random.Generator, digits: int = KEY_DIGITS) -> str:
     return "".join(map(str, [first, *rest]))
 
 
+def bare_prompt_tokens(count_tokens: Callable[[str], int], key: str = "12345") -> int:
+    """Tokens of a prompt without filler (instruction, key sentence, question), as
+    `count_tokens` counts them: the shortest context a passkey prompt fits in."""
+    return sum(count_tokens(part) for part in (INSTRUCTION, key_sentence(key), QUESTION))
+
+
 def passkey_prompt(count_tokens: Callable[[str], int], context: int, depth: float,
                    rng: np.random.Generator, key: str | None = None) -> PasskeyPrompt:
     """A prompt of about `context` tokens (as `count_tokens` counts them) with the key at
     `depth` in [0, 1] of the filler. Filler sentences are added while the whole prompt still
-    fits; the prompt is never longer than `context` unless even the bare prompt is."""
-    if not 0 <= depth <= 1:
-        raise ValueError(f"depth must lie in [0, 1], got {depth}")
+    fits; the prompt is never longer than `context` unless even the bare prompt is (callers
+    that promise a length check it against bare_prompt_tokens first)."""
+    depth = finite_number(depth, "depth", low=0, high=1)
     key = key or random_key(rng)
-    fixed = [INSTRUCTION, key_sentence(key), QUESTION]
-    used = sum(count_tokens(part) for part in fixed)
+    used = bare_prompt_tokens(count_tokens, key)
     sizes = {s: count_tokens(s) for s in FILLER}
     if min(sizes.values()) < 1:  # else the filler loop below would never fill the context
-        from edgert.errors import InputError
-
         raise InputError("the model's tokenizer turns the passkey filler text into no tokens; "
                          "the passkey test needs a tokenizer for English text")
     filler: list[str] = []
@@ -120,31 +132,37 @@ class PasskeyResult:
 _NEW_TOKENS = 2 * KEY_DIGITS + 2  # room for tokenizers that split digits unevenly
 
 
-def check_request(generator, contexts: list[int], depths: list[float], trials: int) -> None:
-    """InputError unless `generator` can run this passkey test."""
-    from edgert.errors import InputError
-
+def check_request(generator, contexts: object, depths: object, trials: object,
+                  seed: object = 0) -> tuple[list[int], list[float], int, int]:
+    """The arguments of a passkey test of `generator` as (contexts, depths, trials, seed), once
+    checked: an edgert.Generator with a tokenizer; contexts (tokens) from the bare prompt's
+    length to the model's limit less the generated tokens; depths in [0, 1]; trials in
+    1..MAX_TRIALS whose KV caches fit the memory available; seed >= 0. OptionError (InputError
+    for a model that cannot take the test) otherwise."""
+    if not isinstance(generator, Generator):
+        raise OptionError(f"generator must be an edgert.Generator, got {shown_value(generator)}")
+    contexts = each(contexts, "contexts", lambda v, what: whole_number(v, what, low=1))
+    depths = each(depths, "depths", lambda v, what: finite_number(v, what, low=0, high=1))
+    trials = whole_number(trials, "trials", low=1, high=MAX_TRIALS)
+    seed = whole_number(seed, "seed", low=0)
     if not generator.has_tokenizer:
         raise InputError("the passkey test is text: the model carries no tokenizer")
-    if trials < 1 or not contexts or not depths:
-        raise InputError("give at least one context, one depth and one trial")
-    if any(not 0 <= d <= 1 for d in depths):
-        raise InputError(f"depths must lie in [0, 1], got {', '.join(f'{d:g}' for d in depths)}")
+    count, specials = _token_counter(generator)
+    shortest = bare_prompt_tokens(count) + specials
     longest = generator.max_length - _NEW_TOKENS
-    if any(c < 1 or c > longest for c in contexts):
-        raise InputError(f"contexts must lie in [1, {longest}] for this model "
-                         f"(its limit {generator.max_length} minus {_NEW_TOKENS} generated tokens)")
+    if any(not shortest <= c <= longest for c in contexts):
+        raise OptionError(f"contexts must lie in [{shortest}, {longest}] for this model (the prompt without "
+                          f"filler takes {shortest} tokens; its limit is {generator.max_length} tokens "
+                          f"including {_NEW_TOKENS} generated)")
+    check_memory(generator.layout.cache_bytes(trials, max(contexts) + _NEW_TOKENS),
+                 f"the KV cache of {trials} trials (decoded as one batch) at context {max(contexts)}",
+                 advice="use fewer trials")
+    return contexts, depths, trials, seed
 
 
-def evaluate(generator, contexts: list[int], depths: list[float], trials: int, *, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> PasskeyResult:
-    """Passkey accuracy of an edgert.Generator: for each context and depth, `trials` prompts
-    with random keys, greedy-decoded as one batch; a trial is right when the continuation
-    starts with the key. The same seed gives every model the same prompts."""
-    import time
-
-    check_request(generator, contexts, depths, trials)
-    new_tokens = _NEW_TOKENS
+def _token_counter(generator) -> tuple[Callable[[str], int], int]:
+    """count_tokens for passkey_prompt by the generator's tokenizer (cached per text) and the
+    number of special tokens it adds around a whole text (e.g. BOS)."""
     sizes: dict[str, int] = {}
 
     def count(text: str) -> int:
@@ -152,7 +170,19 @@ def evaluate(generator, contexts: list[int], depths: list[float], trials: int, *
             sizes[text] = len(generator.encode(text, add_special_tokens=False))
         return sizes[text]
 
-    specials = len(generator.encode(""))  # e.g. BOS
+    return count, len(generator.encode(""))
+
+
+def evaluate(generator, contexts: list[int], depths: list[float], trials: int, *, seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> PasskeyResult:
+    """Passkey accuracy of an edgert.Generator: for each context and depth, `trials` prompts
+    with random keys, greedy-decoded as one batch; a trial is right when the continuation
+    starts with the key. The same seed gives every model the same prompts."""
+    contexts, depths, trials, seed = check_request(generator, contexts, depths, trials, seed)
+    if progress is not None and not callable(progress):
+        raise OptionError(f"progress must be a function of the trials done, got {shown_value(progress)}")
+    new_tokens = _NEW_TOKENS
+    count, specials = _token_counter(generator)
     start = time.perf_counter()
     hits, lengths, kv_bytes = [], [], []
     for c_index, context in enumerate(contexts):
@@ -169,5 +199,5 @@ def evaluate(generator, contexts: list[int], depths: list[float], trials: int, *
         hits.append(row)
         lengths.append(total / (trials * len(depths)))
         kv_bytes.append(generator.layout.cache_bytes(1, context))
-    return PasskeyResult(list(contexts), list(depths), trials, hits, lengths, kv_bytes,
+    return PasskeyResult(contexts, depths, trials, hits, lengths, kv_bytes,
                          time.perf_counter() - start)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgert._io import path_argument
+from edgert._io import input_file, path_argument
+from edgert.checks import finite_number, shown_value
 from edgert.errors import ModelLoadError, PlanError, first_line, shown_path
 
 MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
@@ -26,6 +27,12 @@ def channels_last_overload(overload: str) -> str:
     in place of the body the node calls (exporters/vision_ops.py writes them)."""
     return f"{overload}.channels-last" if overload else "channels-last"
 PLAN_FORMAT = 1
+# The most tokens a window cache may keep (sink + recent) where the model's max_length is not
+# known: more than any context of the decoder families edgert exports, and an int32.
+MAX_WINDOW_TOKENS = 2**24
+# Plan files and gate tables are small (a plan of 128 layers x 128 heads is ~1.2 MB); reading
+# a bigger file would take memory in proportion before its shape could be checked.
+MAX_TEXT_BYTES = 16 * 2**20
 
 
 _TYPE_WORDS = {type(None): "null", bool: "a boolean", str: "a string", list: "a list",
@@ -45,7 +52,7 @@ def _check_int(value: object, what: str, minimum: int | None = None) -> None:
     if not _is_int(value):
         raise PlanError(f"{what} must be an integer, got {_kind(value)}")
     if minimum is not None and value < minimum:
-        raise PlanError(f"{what} must be >= {minimum}, got {value}")
+        raise PlanError(f"{what} must be >= {minimum}, got {shown_value(value)}")
 
 
 def _check_int_list(value: object, what: str) -> None:
@@ -58,15 +65,21 @@ def _check_object(value: object, what: str) -> None:
         raise PlanError(f"{what} must be an object, got {_kind(value)}")
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_text(path: object, what: str) -> str:
+    """The UTF-8 text of a small file (at most MAX_TEXT_BYTES); PlanError naming it otherwise."""
+    path = input_file(path, what, PlanError)
     try:
-        if not path.is_file():
-            raise PlanError(f"{what} not found: {shown_path(path)}")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise PlanError(f"{what} {shown_path(path)} is not UTF-8 text") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as exc:
         raise PlanError(f"cannot read {what} {shown_path(path)}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise PlanError(f"{what} {shown_path(path)} is larger than {MAX_TEXT_BYTES // 2**20} MiB; "
+                        f"a {what} is far smaller")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlanError(f"{what} {shown_path(path)} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,9 @@ class CachePolicy:
     sink: int = 0
     recent: int = 0
 
-    def check(self, where: str) -> None:
+    def check(self, where: str, max_length: int | None = None) -> None:
+        """PlanError unless the policy is well formed and its window fits `max_length` tokens
+        (the model's limit; when not known, MAX_WINDOW_TOKENS)."""
         if not isinstance(self.kind, str):
             raise PlanError(f"{where}: cache kind must be a string, got {_kind(self.kind)}")
         _check_int(self.sink, f"{where}: sink")
@@ -120,6 +135,13 @@ class CachePolicy:
         elif self.kind == "window":
             if self.sink < 0 or self.recent < 1:
                 raise PlanError(f"{where}: window cache needs sink >= 0 and recent >= 1")
+            limit = MAX_WINDOW_TOKENS if max_length is None else max_length
+            if self.sink + self.recent > limit:
+                whose = (f"the model's max_length ({max_length})" if max_length is not None
+                         else f"the {MAX_WINDOW_TOKENS} tokens a window may keep")
+                raise PlanError(f"{where}: a window of sink {shown_value(self.sink)} + recent "
+                                f"{shown_value(self.recent)} tokens "
+                                f"is longer than {whose}")
         else:
             raise PlanError(f"{where}: unknown cache policy {self.kind!r} (full, window)")
 
@@ -162,7 +184,7 @@ class LayerPlan:
             cache=[CachePolicy() for _ in range(num_kv_heads)],
         )
 
-    def check(self, index: int) -> None:
+    def check(self, index: int, max_length: int | None = None) -> None:
         where = f"layer {index}"
         _check_int(self.num_heads, f"{where}: num_heads", 1)
         _check_int_list(self.kept_heads, f"{where}: kept_heads")
@@ -188,7 +210,7 @@ class LayerPlan:
             raise PlanError(f"{where}: cache needs one policy per kv head ({self.num_kv_heads})")
         self.softmax.check(where)
         for k, policy in enumerate(self.cache):
-            policy.check(f"{where} kv head {k}")
+            policy.check(f"{where} kv head {k}", max_length)
 
 
 @dataclass
@@ -205,16 +227,19 @@ class HeadPlan:
         _check_int(num_layers, "num_layers", 1)
         return cls([LayerPlan.full(num_heads, num_kv_heads) for _ in range(num_layers)], head_dim)
 
-    def check(self) -> HeadPlan:
-        """Raise PlanError if the plan is inconsistent; return self."""
+    def check(self, max_length: int | None = None) -> HeadPlan:
+        """Raise PlanError if the plan is inconsistent, or keeps windows longer than
+        `max_length` tokens (the model's limit, when known); return self."""
         if not isinstance(self.layers, list) or not all(isinstance(x, LayerPlan) for x in self.layers):
             raise PlanError(f"plan layers must be a list of LayerPlan, got {_kind(self.layers)}")
         if not self.layers:
             raise PlanError("plan has no layers")
         if self.head_dim is not None:
             _check_int(self.head_dim, "head_dim", 1)
+        if max_length is not None:
+            _check_int(max_length, "max_length", 1)
         for i, layer in enumerate(self.layers):
-            layer.check(i)
+            layer.check(i, max_length)
         return self
 
     def check_matches(self, num_layers: int, num_heads: int) -> None:
@@ -238,36 +263,48 @@ class HeadPlan:
         return sum(p.tokens(context) for layer in self.layers for p in layer.cache)
 
     def with_windows(self, retrieval: float | int, sink: int, recent: int,
-                     scores: list[list[float]] | None = None) -> HeadPlan:
+                     scores: list[list[float]] | None = None, *, max_length: int | None = None) -> HeadPlan:
         """A copy where `retrieval` kv heads of the whole model keep a full cache and every
-        other kv head keeps `sink` first plus `recent` latest tokens. retrieval: a fraction of
-        all kv heads (float in [0, 1]) or a count (int). Retrieval heads are chosen globally,
-        highest `scores` (per layer, per kv head) first; without scores, kv head 0 of every
-        layer, then kv head 1, and so on (a placeholder order, not a judgement of the heads)."""
+        other kv head keeps `sink` first plus `recent` latest tokens (at most `max_length`
+        together, the model's limit when known). retrieval: a fraction of all kv heads (float
+        in [0, 1]) or a count (int). Retrieval heads are chosen globally, highest `scores` (a
+        finite number per layer and kv head) first; without scores, kv head 0 of every layer,
+        then kv head 1, and so on (a placeholder order, not a judgement of the heads)."""
+        self.check()
         total = sum(layer.num_kv_heads for layer in self.layers)
-        if isinstance(retrieval, bool) or not isinstance(retrieval, (numbers.Integral, numbers.Real)):
+        if isinstance(retrieval, bool) or not isinstance(retrieval, numbers.Real):
             raise PlanError(f"retrieval heads must be a fraction or a count, got {_kind(retrieval)}")
         if isinstance(retrieval, numbers.Integral):
             count = int(retrieval)
-        elif 0 <= retrieval <= 1:
-            count = round(retrieval * total)
         else:
-            raise PlanError(f"a retrieval fraction must lie in [0, 1], got {retrieval:g}")
+            count = round(finite_number(retrieval, "a retrieval fraction", low=0, high=1, error=PlanError) * total)
         if not 0 <= count <= total:
             raise PlanError(f"the plan asks for {count} retrieval heads; the model has {total} kv heads")
         window = CachePolicy("window", sink, recent)
-        window.check("window cache")
+        window.check("window cache", max_length)
         heads = [(layer_index, k) for layer_index, layer in enumerate(self.layers)
                  for k in range(layer.num_kv_heads)]
         if scores is None:
             heads.sort(key=lambda lk: (lk[1], lk[0]))
         else:
-            heads.sort(key=lambda lk: -scores[lk[0]][lk[1]])
+            table = self._check_scores(scores)
+            heads.sort(key=lambda lk: -table[lk[0]][lk[1]])
         full = set(heads[:count])
         layers = [replace(layer, cache=[CachePolicy() if (i, k) in full else window
                                         for k in range(layer.num_kv_heads)])
                   for i, layer in enumerate(self.layers)]
-        return HeadPlan(layers, self.head_dim).check()
+        return HeadPlan(layers, self.head_dim).check(max_length)
+
+    def _check_scores(self, scores: object) -> list[list[float]]:
+        """`scores` as floats, one row per layer of one finite number per kv head; PlanError otherwise."""
+        shape = [layer.num_kv_heads for layer in self.layers]
+        rows = scores.tolist() if hasattr(scores, "tolist") else scores
+        if (not isinstance(rows, (list, tuple)) or len(rows) != len(shape)
+                or any(not isinstance(row, (list, tuple)) or len(row) != n for row, n in zip(rows, shape))):
+            raise PlanError(f"scores must hold one row per layer ({len(shape)}) of one number per kv head "
+                            f"({', '.join(map(str, sorted(set(shape))))})")
+        return [[finite_number(v, f"score of layer {i} kv head {k}", error=PlanError) for k, v in enumerate(row)]
+                for i, row in enumerate(rows)]
 
     @property
     def retrieval_heads(self) -> int:
@@ -417,6 +454,7 @@ class Manifest:
         for name, value in (data.get("text") or {}).items():
             if name in ("max_length", "vocab_size") and not (_is_int(value) and value >= 1):
                 raise ModelLoadError(f"manifest text.{name} must be an integer >= 1, got {_kind(value)}")
+        _check_decoder_fields(data.get("decoder") or {})
         plan = data.get("plan")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "plan"}
         return cls(**known, plan=HeadPlan.from_dict(plan) if plan else None)
@@ -429,6 +467,17 @@ MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "plan": (dict, type(None)), "extra": (dict,), "decoder": (dict, type(None)),
 }
 MANIFEST_REQUIRED = ("edgert_version", "source", "task", "opset")
+
+
+def _check_decoder_fields(decoder: dict) -> None:
+    """ModelLoadError unless the manifest's decoder limits and special token ids are integers."""
+    for name, value in decoder.items():
+        if name in ("max_length", "vocab_size") and not (_is_int(value) and value >= 1):
+            raise ModelLoadError(f"manifest decoder.{name} must be an integer >= 1, got {_kind(value)}")
+        if name in ("bos_token_id", "pad_token_id") and value is not None and not (_is_int(value) and value >= 0):
+            raise ModelLoadError(f"manifest decoder.{name} must be an integer >= 0 or null, got {_kind(value)}")
+        if name == "eos_token_ids" and not (isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)):
+            raise ModelLoadError(f"manifest decoder.eos_token_ids must be a list of integers >= 0, got {_kind(value)}")
 
 
 def _layer_from_dict(data: object, index: int) -> LayerPlan:

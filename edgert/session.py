@@ -251,15 +251,20 @@ class Session:
 
     @property
     def max_length(self) -> int | None:
-        """The longest sequence the model takes (manifest text.max_length), None if unknown."""
-        text = self.manifest.text if self.manifest else None
-        return (text or {}).get("max_length")
+        """The longest sequence the model takes (manifest text.max_length, or decoder.max_length
+        for a decoder without a tokenizer), None if unknown."""
+        return self._manifest_limit("max_length")
 
     @property
     def vocab_size(self) -> int | None:
-        """Token ids must lie in [0, vocab_size) (manifest text.vocab_size), None if unknown."""
-        text = self.manifest.text if self.manifest else None
-        return (text or {}).get("vocab_size")
+        """Token ids must lie in [0, vocab_size) (manifest text.vocab_size or decoder.vocab_size),
+        None if unknown."""
+        return self._manifest_limit("vocab_size")
+
+    def _manifest_limit(self, name: str) -> int | None:
+        if self.manifest is None:
+            return None
+        return (self.manifest.text or {}).get(name) or (self.manifest.decoder or {}).get(name)
 
     def check_inputs(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Return `feeds` as numpy arrays, or raise InputError naming the first mismatch:
@@ -315,6 +320,9 @@ class Session:
                 if role == "sequence" and limit is not None and size > limit:
                     raise InputError(f"sequence length {size} (input {spec.name!r} axis {axis}) is "
                                      f"longer than the model's max_length {limit}")
+                if role == "past_sequence" and limit is not None and size > limit:
+                    raise InputError(f"past length {size} (input {spec.name!r} axis {axis}) is "
+                                     f"longer than the model's max_length {limit}")
         available = available_memory_bytes()
         if available is None:
             return
@@ -369,22 +377,24 @@ class Session:
         return "inputs of shapes " + ", ".join(str(tuple(s)) for s in shapes.values())
 
     def _check_values(self, name: str, array: np.ndarray) -> None:
-        """Token ids in [0, vocab_size) and 0/1 attention masks, for models with a manifest."""
+        """For models with a manifest: token ids in [0, vocab_size), positions in [0, max_length)
+        and attention masks of 0 and 1."""
         if self.manifest is None or array.size == 0 or array.dtype.kind not in "iu":
             return
         role = self.input_role(name)
-        if role == "input_ids" and self.vocab_size is not None:
-            bad = (array < 0) | (array >= self.vocab_size)
-            if bad.any():
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"input {name!r} holds token id {array[where]} at {list(where)}; "
-                                 f"ids must lie in [0, {self.vocab_size}) (the model's vocab_size)")
+        bounds = {"input_ids": ("token id ", "ids", self.vocab_size, "vocab_size"),
+                  "position_ids": ("position ", "positions", self.max_length, "max_length")}
+        if role in bounds and bounds[role][2] is not None:
+            what, plural, limit, field = bounds[role]
+            bad = (array < 0) | (array >= limit)
+            rule = f"{plural} must lie in [0, {limit}) (the model's {field})"
         elif role == "attention_mask":
-            bad = (array != 0) & (array != 1)
-            if bad.any():
-                where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"input {name!r} holds {array[where]} at {list(where)}; an "
-                                 "attention mask holds 1 for a token and 0 for padding")
+            what, bad, rule = "", (array != 0) & (array != 1), "an attention mask holds 1 for a token and 0 for padding"
+        else:
+            return
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"input {name!r} holds {what}{array[where]} at {list(where)}; {rule}")
 
     def _output_names(self, output_names: object) -> list[str]:
         if output_names is None:

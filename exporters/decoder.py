@@ -81,7 +81,7 @@ def prepare(source: ModelSource, task: str | None, options: TextOptions, step: S
     if task not in (None, TASK):
         raise OptionError(f"a decoder exports as {TASK}, not {task!r}")
     decoder = load(source)
-    plan = _transform_heads(decoder, source, options, step)
+    plan = _transform_heads(decoder, source, options, step).check(max_length=decoder.max_length)
     plan = order_for_cache(decoder.model, plan)
     layout = CacheLayout.from_plan(plan, model_shape(decoder.model).head_dim)
     module = DecoderStep(decoder.model, layout).eval()

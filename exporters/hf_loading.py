@@ -38,17 +38,16 @@ def read_tokenizer(source: ModelSource) -> tuple[str | None, int | None]:
     # transformers 5 builds an empty-vocabulary tokenizer for a directory with no tokenizer
     # files at all; such a tokenizer must not travel with the model.
     if not any((source.directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        warnings.warn(f"{source.directory} has no tokenizer; the export will take token ids only",
-                      stacklevel=2)
+        warnings.warn(f"{source.directory} has no tokenizer; the model takes token ids only", stacklevel=2)
         return None, None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
     except Exception:  # any failure means the same: no tokenizer travels with the model
-        warnings.warn(f"{source.directory} has no usable tokenizer; the export will take token ids only",
-                      stacklevel=2)
+        warnings.warn(f"{source.directory} has no usable tokenizer; the model takes token ids only", stacklevel=2)
         return None, None
     if not getattr(tokenizer, "is_fast", False):
-        warnings.warn("only fast (tokenizers) tokenizers can travel with the model", stacklevel=2)
+        warnings.warn(f"{source.directory} has a slow tokenizer, which edgert cannot use (only fast "
+                      "`tokenizers` ones); the model takes token ids only", stacklevel=2)
         return None, None
     model_max = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
     return tokenizer.backend_tokenizer.to_str(), model_max
@@ -69,7 +68,10 @@ def load_pretrained(auto_class, source: ModelSource):
         model, info = auto_class.from_pretrained(directory, local_files_only=True, attn_implementation="eager",
                                                  output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as exc:  # transformers raises many types for unreadable weights
-        raise SourceError(f"cannot load weights of {directory}: {first_line(exc)}") from None
+        reason = first_line(exc)
+        if "above report" in reason:  # transformers' weight conversion failed; its report is silenced
+            reason = "transformers could not convert the checkpoint's weights to this model's layout"
+        raise SourceError(f"cannot load weights of {directory}: {reason}") from None
     check_weights_fit(model, info, directory)
     return model.eval()
 

@@ -17,6 +17,8 @@ no attention matrix is kept beyond the layer that made it.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,10 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgert.errors import PlanError
-from edgert.plan import HeadPlan
+from edgert.checks import finite_number, whole_number
+from edgert.errors import OptionError, PlanError
+from edgert.memory import check_memory
+from edgert.plan import CachePolicy, HeadPlan
 
 METHODS = ("pattern", "razor", "duo")
+# What the methods hold at once, as floors (a run they refuse could not fit): razor keeps one
+# layer's attention probabilities [heads, T, T] float32 and, per (query, key) pair, its echo and
+# induction masks (float32) and visible()'s distances (int64); duo keeps, for the backward pass,
+# every layer's full and streaming probabilities [batch, heads, T, T] float32.
+RAZOR_MASK_BYTES = 4 + 4 + 8
+DUO_PROBABILITIES_HELD = 2
+# duo's prompts per step: DuoAttention trains with one; more than this is a typo, not a batch.
+MAX_DUO_BATCH = 1024
 _ATTENTION = "edgert_kv_heads"
 
 
@@ -49,21 +61,29 @@ class HeadScores:
 
 
 def choose_heads(identity: HeadPlan, scores: HeadScores, *, ratio: float | None, threshold: float | None,
-                 sink: int, recent: int) -> HeadPlan:
+                 sink: int, recent: int, max_length: int | None = None) -> HeadPlan:
     """The plan keeping a full cache on the `ratio` best-scoring kv heads of the whole model,
-    or on every head scoring at least `threshold`; the others keep sink + recent tokens."""
+    or on every head scoring at least `threshold`; the others keep sink + recent tokens (at
+    most `max_length`, the model's limit). PlanError for scores that are not finite."""
     table = scores.scores
     shape = [layer.num_kv_heads for layer in identity.layers]
     if [len(row) for row in table] != shape:
         raise PlanError(f"{scores.method} scores have shape {len(table)} layers x "
                         f"{sorted({len(r) for r in table})} kv heads; the model has {len(shape)} x {shape[0]}")
+    bad = next(((i, k, v) for i, row in enumerate(table) for k, v in enumerate(row)
+                if not (isinstance(v, numbers.Real) and math.isfinite(v))), None)
+    if bad is not None:
+        raise PlanError(f"{scores.method} scored layer {bad[0]} kv head {bad[1]} {bad[2]}; "
+                        "a plan needs finite scores")
     if threshold is not None:
+        threshold = finite_number(threshold, "threshold", error=PlanError)
         retrieval = int(sum(v >= threshold for row in table for v in row))
     elif ratio is not None:
-        retrieval = float(ratio)  # a fraction: with_windows checks it and counts the heads
+        # a float, so that with_windows reads it as a fraction even when it is 0 or 1, never a count
+        retrieval = finite_number(ratio, "a retrieval ratio", low=0, high=1, error=PlanError)
     else:
         raise PlanError("choose retrieval heads by a ratio or a threshold")
-    return identity.with_windows(retrieval, sink, recent, scores=table)
+    return identity.with_windows(retrieval, sink, recent, scores=table, max_length=max_length)
 
 
 def read_pattern(path, num_layers: int, num_kv_heads: int) -> HeadScores:
@@ -266,11 +286,15 @@ def passkey_batches(tokenizer, *, context: int, batch_size: int, seed: int) -> C
     positions to supervise: the question and the answer (where retrieval matters)."""
     import torch
 
-    from edgert.passkey import QUESTION, passkey_prompt, token_counter
+    from edgert.passkey import QUESTION, bare_prompt_tokens, passkey_prompt, token_counter
 
     rng = np.random.default_rng(seed)
     count = token_counter(tokenizer)
     answer = count(QUESTION) + count(" 12345.")
+    shortest = bare_prompt_tokens(count) + answer + 1
+    if context < shortest:
+        raise OptionError(f"--context {context} is shorter than duo's passkey prompt and answer ({shortest} "
+                          "tokens without filler)")
     pad = tokenizer.token_to_id("<pad>") or 0
 
     def batch():
@@ -308,21 +332,39 @@ class AnalyzeOptions:
     learning_rate: float = 0.02
     l1: float = 0.05
 
-    def check(self, max_length: int) -> None:
-        """PlanError for options no run could use (before any model is loaded)."""
+    def check(self, identity: HeadPlan, max_length: int) -> None:
+        """OptionError (PlanError for the window) for options no run on this model could use,
+        before the model is loaded: values out of range, sequences longer than its max_length,
+        attention matrices larger than the memory available. identity: the model's
+        identity plan (model_limits)."""
         if self.method not in METHODS:
-            raise PlanError(f"unknown method {self.method!r} ({', '.join(METHODS)})")
+            raise OptionError(f"unknown method {self.method!r} ({', '.join(METHODS)})")
+        CachePolicy("window", self.sink, self.recent).check("--sink/--recent", max_length)
+        whole_number(self.seed, "--seed", low=0)
+        heads, layers = identity.layers[0].num_heads, len(identity.layers)
         if self.method == "pattern" and self.patterns is None:
-            raise PlanError("--method pattern needs --patterns FILE (DuoAttention's full_attention_heads.tsv)")
-        if self.method == "razor" and (self.length < 2 or self.repeats < 2 or self.echo_heads < 0):
-            raise PlanError("razor needs --length >= 2, --repeats >= 2 and --echo-heads >= 0")
-        if self.method == "razor" and self.length * self.repeats + 1 > max_length:
-            raise PlanError(f"razor's {self.repeats} x {self.length} tokens exceed the model's limit ({max_length})")
+            raise OptionError("--method pattern needs --patterns FILE (DuoAttention's full_attention_heads.tsv)")
+        if self.method == "razor":
+            whole_number(self.length, "--length", low=2)
+            whole_number(self.repeats, "--repeats", low=2)
+            whole_number(self.echo_heads, "--echo-heads", low=0, high=sum(x.num_kv_heads for x in identity.layers))
+            tokens = self.length * self.repeats + 1
+            if tokens > max_length:
+                raise OptionError(f"razor's {self.repeats} x {self.length} tokens exceed the model's limit "
+                                  f"({max_length})")
+            check_memory(tokens * tokens * (4 * heads + RAZOR_MASK_BYTES), "a razor scoring pass",
+                         advice="use a smaller --length or --repeats")
         if self.method == "duo":
-            if self.steps < 1 or self.batch_size < 1 or self.context < 2:
-                raise PlanError("duo needs --steps >= 1, --batch-size >= 1 and --context >= 2")
+            whole_number(self.steps, "--steps", low=1)
+            whole_number(self.batch_size, "--batch-size", low=1, high=MAX_DUO_BATCH)
+            whole_number(self.context, "--context", low=2)
             if self.context > max_length:
-                raise PlanError(f"--context {self.context} is longer than the model's limit ({max_length})")
+                raise OptionError(f"--context {self.context} is longer than the model's limit ({max_length})")
+            finite_number(self.learning_rate, "--lr", low=0, low_open=True)
+            finite_number(self.l1, "--l1", low=0)
+            probabilities = 4 * self.batch_size * heads * self.context**2
+            check_memory(DUO_PROBABILITIES_HELD * layers * probabilities, "a duo training step",
+                         advice="use a shorter --context or a smaller --batch-size")
 
 
 def model_limits(source) -> tuple[HeadPlan, int]:

@@ -99,6 +99,19 @@ def embedding_model(tmp_path) -> Path:
     return make_embedding_model(tmp_path / "embedding.onnx", tokenizer=True)
 
 
+def assert_one_error(result, message: str = "") -> str:
+    """The one check of a command that a user's mistake ended, for a subprocess.CompletedProcess
+    (run_cli) and click's Result (CliRunner) alike: exit code 2, no traceback, exactly one
+    `Error:` line, the last line on stderr, holding `message`. Returns that line."""
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert code == 2, (code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]  # progress lines may come first
+    assert lines and [line for line in lines if line.startswith("Error:")] == lines[-1:], result.stderr
+    assert lines[-1].startswith("Error: ") and message in lines[-1], lines[-1]
+    return lines[-1]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m edgert ARGS` in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,

@@ -10,17 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_embedding_model, make_tiny_model, run_cli
+from conftest import assert_one_error, make_embedding_model, make_tiny_model, run_cli
 
 COMMANDS = ["export", "run", "bench", "inspect"]
-
-
-def assert_clean_error(result, message):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error: "), result.stderr
-    assert message in lines[-1], lines[-1]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -162,49 +154,49 @@ def test_bench_two_models_json(minilm_fe, tiny_model, tmp_path):
 
 
 def test_error_missing_model():
-    assert_clean_error(run_cli("bench", "nowhere.onnx"), "model not found: nowhere.onnx")
-    assert_clean_error(run_cli("inspect", "nowhere.onnx"), "model not found")
-    assert_clean_error(run_cli("run", "nowhere.onnx", "--text", "hi"), "model not found")
+    assert_one_error(run_cli("bench", "nowhere.onnx"), "model not found: nowhere.onnx")
+    assert_one_error(run_cli("inspect", "nowhere.onnx"), "model not found")
+    assert_one_error(run_cli("run", "nowhere.onnx", "--text", "hi"), "model not found")
 
 
 def test_error_non_onnx_and_truncated(tmp_path, tiny_model):
     text = tmp_path / "readme.onnx"
     text.write_text("hello, I am not a model\n" * 10)
-    assert_clean_error(run_cli("run", str(text), "--text", "x"), "as an ONNX model")
-    assert_clean_error(run_cli("inspect", str(text)), "not")
+    assert_one_error(run_cli("run", str(text), "--text", "x"), "as an ONNX model")
+    assert_one_error(run_cli("inspect", str(text)), "not")
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(tiny_model.read_bytes()[:-20])
-    assert_clean_error(run_cli("bench", str(truncated), "--iters", "1"), "as an ONNX model")
-    assert_clean_error(run_cli("inspect", str(truncated)), "cut.onnx")
+    assert_one_error(run_cli("bench", str(truncated), "--iters", "1"), "as an ONNX model")
+    assert_one_error(run_cli("inspect", str(truncated)), "cut.onnx")
 
 
 def test_error_wrong_input_file(tiny_model, tmp_path):
     npz = tmp_path / "in.npz"
     np.savez(npz, x=np.ones((1, 4), np.float64), ids=np.ones((1, 2), np.int64))
-    assert_clean_error(run_cli("run", str(tiny_model), "--inputs", str(npz)),
+    assert_one_error(run_cli("run", str(tiny_model), "--inputs", str(npz)),
                        "input 'x' must be float32, got float64")
-    assert_clean_error(run_cli("run", str(tiny_model), "--text", "hi"), "carries no tokenizer")
+    assert_one_error(run_cli("run", str(tiny_model), "--text", "hi"), "carries no tokenizer")
 
 
 def test_error_unresolvable_dims_in_bench(tmp_path):
     model = make_tiny_model(tmp_path / "odd.onnx", dims=("images", 4), with_ids=False)
-    assert_clean_error(run_cli("bench", str(model)), "cannot resolve dimension 'images'")
+    assert_one_error(run_cli("bench", str(model)), "cannot resolve dimension 'images'")
     result = run_cli("bench", str(model), "--shape", "x:2x4", "--iters", "2")
     assert result.returncode == 0, result.stderr
 
 
 def test_error_export_sources(tmp_path):
     out = tmp_path / "m.onnx"
-    assert_clean_error(run_cli("export", "no-such-model", "-o", str(out)),
+    assert_one_error(run_cli("export", "no-such-model", "-o", str(out)),
                        "unknown model 'no-such-model'")
-    assert_clean_error(run_cli("export", str(tmp_path), "-o", str(out)), "has no config.json")
-    assert_clean_error(run_cli("export", "minilm", "-o", str(tmp_path / "missing" / "m.onnx")),
+    assert_one_error(run_cli("export", str(tmp_path), "-o", str(out)), "has no config.json")
+    assert_one_error(run_cli("export", "minilm", "-o", str(tmp_path / "missing" / "m.onnx")),
                        "output directory does not exist")
     assert not out.exists()
 
 
 def test_error_bench_json_in_missing_directory(tiny_model, tmp_path):
-    assert_clean_error(run_cli("bench", str(tiny_model), "--json", str(tmp_path / "no" / "b.json")),
+    assert_one_error(run_cli("bench", str(tiny_model), "--json", str(tmp_path / "no" / "b.json")),
                        "output directory does not exist")
 
 
@@ -227,3 +219,20 @@ def test_interrupted_export_leaves_no_file(tmp_path, sig):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "Error: interrupted; nothing was written"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_checks_npz_arrays_against_memory_before_loading_them(tmp_path, monkeypatch):
+    """A compressed .npz of a few KiB can declare arrays of any size: their headers are read
+    first (issue 17)."""
+    from click.testing import CliRunner
+
+    from edgert.cli import cli
+
+    model = make_embedding_model(tmp_path / "embedding.onnx")
+    np.savez_compressed(tmp_path / "in.npz", input_ids=np.ones((1, 4), np.int64),
+                        attention_mask=np.ones((1, 4), np.int64))
+    monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: 32)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("the arrays were loaded"))
+    result = CliRunner().invoke(cli, ["run", str(model), "--inputs", str(tmp_path / "in.npz")])
+    assert_one_error(result, "loading the arrays of inputs file ")
+    assert result.stderr.strip().endswith("in.npz needs 64 bytes; 32 bytes of memory is available")

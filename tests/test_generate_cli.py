@@ -20,7 +20,7 @@ from edgert.cli import cli
 from edgert.memory import available_memory_bytes, format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
-from conftest import make_embedding_model, run_cli, save_tiny_decoder
+from conftest import assert_one_error, make_embedding_model, run_cli, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -54,16 +54,6 @@ def decoders(tmp_path_factory):
 
 def ids_line(stdout: str) -> list[int]:
     return [int(t) for t in stdout.splitlines()[0].split()]
-
-
-def assert_one_error(result, message: str) -> None:
-    """Exit code 2, no traceback, exactly one `Error:` line, the last on stderr, holding `message`."""
-    code = result.returncode if hasattr(result, "returncode") else result.exit_code
-    assert code == 2, (code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert [line for line in lines if line.startswith("Error:")] == lines[-1:], result.stderr
-    assert lines[-1].startswith("Error: ") and message in lines[-1], lines[-1]
 
 
 # --- generate ---------------------------------------------------------------------------------
@@ -256,11 +246,18 @@ GENERATE_ERRORS = [
      "prompt (510 tokens) + max_new_tokens (3) exceeds the limit of 512 tokens"),
     (["--prompt-ids", "5,128", "--max-new-tokens", "3"], "prompt token id 128 is outside the vocabulary [0, 128)"),
     (["--prompt-ids", "5,-1", "--max-new-tokens", "3"], "prompt token id -1 is outside the vocabulary [0, 128)"),
-    (["--prompt-ids", "5", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--prompt-ids", "5", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 1, got -3"),
+    (["--prompt-ids", "5", "--max-new-tokens", "0"], "--max-new-tokens must be a whole number >= 1, got 0"),
+    (["--prompt-ids", "5", "--max-new-tokens", "-3"], "--max-new-tokens must be a whole number >= 1, got -3"),
     (["--prompt-ids", "1,x", "--max-new-tokens", "3"],
-     "--prompt-ids must be comma-separated token ids such as 1,2,3; 'x' is not a whole number"),
+     "--prompt-ids must be comma-separated whole numbers such as 1,2,3; 'x' is not a whole number"),
     (["--prompt-ids", "", "--max-new-tokens", "3"], "'' is not a whole number"),
+    (["--prompt-ids", "1,,2", "--max-new-tokens", "3"], "'' is not a whole number"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "nan"],
+     "--temperature must be a finite number >= 0, got nan"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "inf"],
+     "--temperature must be a finite number >= 0, got inf"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--top-p", "nan"], "--top-p must lie in (0, 1]"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "2,"], "--stop-ids must be comma-separated"),
     (["--max-new-tokens", "3"], "give the prompt either as --prompt-ids 1,2,3 or as --prompt TEXT"),
     (["--prompt-ids", "5", "--prompt", "w5", "--max-new-tokens", "3"], "give the prompt either as"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "2", "--no-stop"],
@@ -268,8 +265,10 @@ GENERATE_ERRORS = [
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--stop-ids", "128"],
      "--stop-ids: token id 128 is outside the vocabulary [0, 128)"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "-1"], "temperature must be a finite number >= 0"),
-    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
-    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0"], "top_k must be a whole number >= 1"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5"],
+     "--top-p must lie in (0, 1], got 1.5"),
+    (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0"],
+     "--top-k must be a whole number >= 1, got 0"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--temperature", "1", "--seed", "-1"], "seed must be a whole number >= 0"),
     (["--prompt-ids", "5", "--max-new-tokens", "3", "--threads", "0"], "threads must lie in 1.."),
 ]
@@ -360,6 +359,10 @@ def test_export_bad_head_options(decoders, tmp_path):
         (["--retrieval-heads", "1.5"], "a --retrieval-heads fraction must lie in [0, 1], got 1.5"),
         (["--retrieval-heads", "abc"], "--retrieval-heads takes a fraction (0.25) or a count (4), got 'abc'"),
         (["--retrieval-heads", "-1"], "--retrieval-heads must be >= 0, got -1"),
+        (["--retrieval-heads", "1", "--sink", "1000000000000"],
+         "--sink/--recent: a window of sink 1000000000000 + recent 256 tokens is longer than the 16777216 tokens"),
+        (["--retrieval-heads", "1", "--sink", "500", "--recent", "20"],
+         "a window of sink 500 + recent 20 tokens is longer than the model's max_length (512)"),
         (["--sink", "0", "--recent", "0"], "--sink and --recent shape the streaming heads of --retrieval-heads"),
         (["--plan", str(other)], "plan has 3 layers, model has 2"),
         (["--plan", str(wide)], "plan layer 0 has 8 heads, model has 4"),
@@ -495,3 +498,112 @@ def test_the_memory_estimate_bounds_what_generation_takes(decoders):
     assert result.returncode == 0, result.stderr
     grown, estimate = map(float, result.stdout.split())
     assert grown <= estimate <= 2.5 * grown, (grown, estimate)
+
+
+# --- issue 17: numbers checked, API errors only EdgertError ------------------------------------
+
+def test_a_tiny_temperature_is_the_greedy_limit_without_overflow(decoders):
+    """softmax(logits / 1e-320) is the greedy choice; dividing first overflowed to inf - inf = nan
+    and sampled token 0 every time, with numpy's overflow warnings."""
+    result = run_cli("generate", str(decoders["full"]), "--prompt-ids", "5,6,7", "--max-new-tokens", "8",
+                     "--temperature", "1e-320", "--seed", "0", "--no-stop", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    greedy = Generator(decoders["full"], threads=1).generate(PROMPT, 8, stop=())
+    assert ids_line(result.stdout) == greedy and set(greedy) != {0}
+
+
+def test_generator_arguments_raise_only_edgert_errors(decoders):
+    from fractions import Fraction
+
+    from edgert.errors import InputError, OptionError
+
+    generator = Generator(decoders["full"], threads=1)
+    assert generator.generate(PROMPT, 4, temperature=Fraction(1, 2), seed=3, stop=()) == \
+        generator.generate(PROMPT, 4, temperature=0.5, seed=3, stop=())
+    for call, error, message in [
+        (lambda: generator.decode([-1]), InputError, r"token_ids: token id -1 is outside the vocabulary \[0, 128\)"),
+        (lambda: generator.decode([10**12]), InputError, "token id 1000000000000 is outside the vocabulary"),
+        (lambda: generator.decode([5], skip_special_tokens="no"), OptionError, "skip_special_tokens must be"),
+        (lambda: generator.generate(PROMPT, 3, temperature=10**400), OptionError, "temperature must be a finite"),
+        (lambda: generator.generate(PROMPT, 3, temperature="0.5"), OptionError, "temperature must be a finite"),
+        (lambda: generator.generate(PROMPT, 3, stop=[10**30]), InputError, "stop: token id"),
+        (lambda: generator.generate(PROMPT, 3.0), OptionError, "max_new_tokens must be a whole number >= 1"),
+        (lambda: generator.next_token_logits(PROMPT, [5, 999]), InputError, "continuation: token id 999"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_session_run_on_a_decoder_stops_at_its_max_length(decoders):
+    """Session.run on a decoder graph checks positions and the past against max_length (512;
+    the headwise model has no tokenizer, so the limit comes from its decoder manifest)."""
+    from edgert import Session
+    from edgert.errors import InputError
+    from edgert.exporters.decoder import step_inputs
+
+    session = Session(decoders["headwise"], threads=1)
+    layout = CacheLayout.from_dict(session.manifest.decoder["cache"])
+    feeds = step_inputs(layout, 128, batch=1, seq=1, past=4, seed=0)
+    assert session.run(feeds)["logits"].shape == (1, 128)
+    late = {**feeds, "position_ids": np.array([[512]], np.int64)}
+    with pytest.raises(InputError, match=r"positions must lie in \[0, 512\) \(the model's max_length\)"):
+        session.run(late)
+    with pytest.raises(InputError, match="past length 600 .* is longer than the model's max_length 512"):
+        session.run(step_inputs(layout, 128, batch=1, seq=1, past=600, seed=0))
+
+
+def test_passkey_api_raises_only_edgert_errors(decoders):
+    from edgert.errors import OptionError
+    from edgert.passkey import evaluate
+
+    generator = Generator(decoders["full"], threads=1)
+    for args, kwargs, message in [
+        ((None, [64], [0.5], 1), {}, "generator must be an edgert.Generator, got None"),
+        ((generator, [64], [0.5], "2"), {}, "trials must lie in 1..10000 (a whole number), got '2'"),
+        ((generator, [64], [0.5], 1.5), {}, "trials must lie in 1..10000 (a whole number), got 1.5"),
+        ((generator, [64], [0.5], 10**6), {}, "trials must lie in 1..10000, got 1000000"),
+        ((generator, [64], ["a"], 1), {}, "depths[0] must lie in [0, 1] (a finite number), got 'a'"),
+        ((generator, [64], "0.5", 1), {}, "depths must be a list"),
+        ((generator, [], [0.5], 1), {}, "contexts is empty"),
+        ((generator, [64.5], [0.5], 1), {}, "contexts[0] must be a whole number >= 1"),
+        ((generator, [64], [0.5], 1), {"seed": -1}, "seed must be a whole number >= 0, got -1"),
+        ((generator, [64], [0.5], 1), {"progress": 3}, "progress must be a function"),
+        ((generator, [10], [0.5], 1), {}, "500] for this model (the prompt without filler takes"),
+    ]:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            evaluate(*args, **kwargs)
+
+
+def test_eval_passkey_checks_its_options_and_the_memory_of_its_trials(decoders, monkeypatch):
+    model = str(decoders["full"])
+    for args, message in [
+        (["--context", "128,,256"], "--context must be comma-separated whole numbers such as 1,2,3; '' is not"),
+        (["--context", "10"], "contexts must lie in ["),
+        (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+        (["--trials", "100000"], "--trials must lie in 1..10000, got 100000"),
+        (["--depths", "0,nan"], "--depths must lie in [0, 1] (a finite number), got nan"),
+    ]:
+        assert_one_error(invoke("eval", "passkey", model, *args), message)
+    # 10 prompts' caches: 2 (keys, values) x 10 x 4 kv heads x (128 + 12) tokens x 16 x 4 bytes = 700 KiB
+    monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: 2**19)
+    monkeypatch.setattr("edgert.passkey.passkey_prompt", lambda *a, **k: pytest.fail("a prompt was built"))
+    assert_one_error(invoke("eval", "passkey", model, "--context", "128", "--trials", "10"),
+                     "the KV cache of 10 trials (decoded as one batch) at context 128 needs 700.0 KiB; "
+                     "512.0 KiB of memory is available (use fewer trials)")
+
+
+def test_a_manifest_with_bad_special_tokens_is_a_load_error(decoders, tmp_path):
+    import onnx
+
+    from edgert.errors import ModelLoadError
+    from edgert.plan import MANIFEST_KEY
+
+    model = onnx.load(str(decoders["headwise"]))
+    entry = next(p for p in model.metadata_props if p.key == MANIFEST_KEY)
+    manifest = json.loads(entry.value)
+    manifest["decoder"]["eos_token_ids"] = ["2"]
+    entry.value = json.dumps(manifest)
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelLoadError, match="manifest decoder.eos_token_ids must be a list of integers >= 0"):
+        Generator(tmp_path / "bad.onnx")

@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgert.cli import cli
-from edgert.errors import PlanError
+from edgert.errors import OptionError, PlanError
 from edgert.passkey import FILLER, answer_is_correct, key_sentence, passkey_prompt
 from edgert.plan import HeadPlan
+
+from conftest import assert_one_error, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -20,8 +22,6 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def decoder_dir(tmp_path_factory):
-    from conftest import save_tiny_decoder
-
     directory = tmp_path_factory.mktemp("kvheads") / "llama"
     save_tiny_decoder(directory, tokenizer="words+bos")
     return directory
@@ -119,7 +119,10 @@ def test_duo_gates_stay_in_range_and_follow_the_penalty(decoder_dir):
     from edgert.text import generation_tokenizer
 
     loaded = _loaded(decoder_dir)
-    batches = passkey_batches(generation_tokenizer(loaded.tokenizer_json), context=64, batch_size=2, seed=0)
+    tokenizer = generation_tokenizer(loaded.tokenizer_json)
+    with pytest.raises(OptionError, match="--context 64 is shorter than duo's passkey prompt and answer"):
+        passkey_batches(tokenizer, context=64, batch_size=2, seed=0)
+    batches = passkey_batches(tokenizer, context=96, batch_size=2, seed=0)
     ids, supervised = batches()
     assert ids.shape[0] == 2 and supervised.any(1).all()
     free = duo_gates(loaded.model, batches, sink=2, recent=4, steps=4, l1=0.0, learning_rate=0.05)
@@ -179,30 +182,59 @@ def test_cli_writes_a_plan_scores_and_pattern_export_accepts(decoder_dir, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "razor", "--retrieval-ratio", "1.5"], "--retrieval-ratio must lie in [0, 1]"),
+    (["--method", "razor", "--retrieval-ratio", "1.5"], "--retrieval-ratio must lie in [0, 1], got 1.5"),
     (["--method", "razor", "--retrieval-ratio", "-0.1"], "--retrieval-ratio must lie in [0, 1]"),
-    (["--method", "razor", "--sink", "0", "--recent", "0"], "sink + recent > 0"),
+    (["--method", "razor", "--sink", "0", "--recent", "0"], "--recent must be a whole number >= 1, got 0"),
     (["--method", "razor", "--retrieval-ratio", "0.5", "--threshold", "0.1"], "not both"),
     (["--method", "pattern"], "needs --patterns"),
-    (["--method", "razor", "--repeats", "1"], "--repeats >= 2"),
+    (["--method", "razor", "--repeats", "1"], "--repeats must be a whole number >= 2, got 1"),
     (["--method", "razor", "--length", "300"], "exceed the model's limit (512)"),
     (["--method", "duo", "--context", "100000"], "longer than the model's limit"),
+    # issue 17: every number checked, every size against the model and the machine
+    (["--method", "razor", "--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["--method", "duo", "--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["--method", "razor", "--echo-heads", "5"], "--echo-heads must lie in 0..4, got 5"),
+    (["--method", "razor", "--threshold", "nan"], "--threshold must be a finite number, got nan"),
+    (["--method", "duo", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--method", "duo", "--lr", "-1"], "--lr must be a finite number > 0, got -1"),
+    (["--method", "duo", "--steps", "1", "--l1", "nan"], "--l1 must be a finite number >= 0, got nan"),
+    (["--method", "duo", "--steps", "1", "--l1", "inf"], "--l1 must be a finite number >= 0, got inf"),
+    (["--method", "duo", "--batch-size", "1000000000000"], "--batch-size must lie in 1..1024, got 1000000000000"),
+    (["--method", "duo", "--context", "64", "--steps", "1"], "--context 64 is shorter than duo's passkey prompt"),
+    (["--method", "razor", "--sink", "1000000000000"],
+     "--sink/--recent: a window of sink 1000000000000 + recent 256 tokens is longer than the model's max_length (512)"),
+    (["--method", "razor", "--sink", "300", "--recent", "256"], "longer than the model's max_length (512)"),
+    (["--retrieval-ratio", "0.5"], "Missing option '--method'. Choose from: pattern, razor, duo"),
 ])
 def test_cli_errors_are_one_line_and_leave_no_plan(decoder_dir, tmp_path, args, message):
     plan_path = tmp_path / "plan.json"
-    result = _run("analyze", "kv-heads", decoder_dir, *args, "-o", plan_path)
-    assert result.exit_code == 2
-    assert message in result.output and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert_one_error(_run("analyze", "kv-heads", decoder_dir, *args, "-o", plan_path), message)
     assert not plan_path.exists()
+
+
+@pytest.mark.parametrize("available, args, message", [
+    (2**30, ["--method", "duo", "--context", "512", "--batch-size", "128", "--steps", "1"],
+     "a duo training step needs 2.0 GiB; 1.0 GiB of memory is available (use a shorter --context"),
+    (2**20, ["--method", "razor", "--length", "255", "--repeats", "2"],
+     "a razor scoring pass needs 8.0 MiB; 1.0 MiB of memory is available"),
+])
+def test_cli_refuses_attention_matrices_larger_than_memory(decoder_dir, tmp_path, monkeypatch, available, args,
+                                                           message):
+    """Sizes are checked against the machine before the model is loaded: duo holds 2 x 2 layers of
+    128 x 4 heads x 512^2 float32 probabilities (2 GiB), razor one layer's 4 heads x 511^2 and
+    the masks (8 MiB)."""
+    import edgert.exporters.kv_heads as kv
+
+    monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: available)
+    monkeypatch.setattr(kv, "score_heads", lambda *a, **k: pytest.fail("the model was used"))
+    assert_one_error(_run("analyze", "kv-heads", decoder_dir, *args, "-o", tmp_path / "plan.json"), message)
 
 
 def test_cli_refuses_a_pattern_of_the_wrong_shape(decoder_dir, tmp_path):
     tsv = tmp_path / "full_attention_heads.tsv"
     tsv.write_text("1\t0\t1\n0\t1\t0\n")  # 3 columns: the model has 2 kv heads
-    result = _run("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
-                  "-o", tmp_path / "plan.json")
-    assert result.exit_code == 2 and "2 rows (layers) x 2 columns (kv heads)" in result.output
+    assert_one_error(_run("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
+                          "-o", tmp_path / "plan.json"), "2 rows (layers) x 2 columns (kv heads)")
     assert not (tmp_path / "plan.json").exists()
 
 
@@ -231,8 +263,8 @@ def test_cli_ratio_zero_and_one_are_legal(decoder_dir, tmp_path, ratio, kept):
 
 
 def test_cli_refuses_an_encoder(tmp_path):
-    result = _run("analyze", "kv-heads", "minilm", "--method", "razor", "-o", tmp_path / "plan.json")
-    assert result.exit_code == 2 and "not a supported decoder" in result.output
+    assert_one_error(_run("analyze", "kv-heads", "minilm", "--method", "razor", "-o", tmp_path / "plan.json"),
+                     "not a supported decoder")
     assert not (tmp_path / "plan.json").exists()
 
 
@@ -245,8 +277,6 @@ def test_a_tokenizer_that_drops_the_filler_is_an_error_not_a_hang():
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])
 def test_razor_and_duo_run_other_families(tmp_path, family):
-    from conftest import save_tiny_decoder
-
     from edgert.exporters.kv_heads import attend, attention_function, duo_gates, razor_scores, visible
 
     model = save_tiny_decoder(tmp_path / family, family)
@@ -261,3 +291,43 @@ def test_razor_and_duo_run_other_families(tmp_path, family):
     supervised[:, -4:] = True
     gates = duo_gates(model, lambda: (torch.randint(3, 128, (2, 24)), supervised), sink=2, recent=4, steps=2)
     assert np.array(gates.scores).shape == (2, 2)
+
+
+def test_weights_that_do_not_fit_the_config_are_named_not_left_to_a_hidden_report(decoder_dir, tmp_path):
+    """transformers raised "... look at the above report!" about a load report edgert keeps quiet."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(decoder_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    result = _run("analyze", "kv-heads", bad, "--method", "razor", "--length", 8, "--repeats", 2,
+                  "-o", tmp_path / "plan.json")
+    line = assert_one_error(result, "cannot load weights of ")
+    assert "in the checkpoint but" in line and "by its config.json (and 5 more tensors)" in line, line
+    assert "report" not in line
+
+
+def test_analyze_kv_heads_speaks_for_itself_not_for_export(tmp_path, recwarn):
+    save_tiny_decoder(tmp_path / "plain")  # no tokenizer
+    result = _run("analyze", "kv-heads", tmp_path / "plain", "--method", "razor", "--length", 8, "--repeats", 2,
+                  "-o", tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    shown = [str(w.message) for w in recwarn]
+    assert any("has no tokenizer" in m for m in shown) and not any("export" in m for m in shown), shown
+
+
+def test_a_failed_weight_conversion_is_not_left_to_a_hidden_report(tmp_path):
+    from edgert.errors import SourceError
+    from edgert.exporters.families import load_pretrained
+    from edgert.models.zoo import ModelSource
+
+    class Converting:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise RuntimeError("We encountered some issues during automatic conversion of the weights. For details "
+                               "look at the `CONVERSION` entries of the above report!")
+
+    with pytest.raises(SourceError) as caught:
+        load_pretrained(Converting, ModelSource("m", tmp_path, None))
+    assert "could not convert the checkpoint's weights" in str(caught.value) and "report" not in str(caught.value)

@@ -135,6 +135,8 @@ def test_plan_load_with_bad_paths(tmp_path):
     with pytest.raises(PlanError, match="plan path must be a str or os.PathLike, got int"):
         HeadPlan.load(123)
     with pytest.raises(PlanError, match="plan file not found"):
+        HeadPlan.load(tmp_path / "none.json")
+    with pytest.raises(PlanError, match="plan file is a folder, not a file"):
         HeadPlan.load(tmp_path)
     binary = tmp_path / "plan.json"
     binary.write_bytes(b"\xff\xfe\x00")
@@ -179,3 +181,90 @@ def test_bad_manifests_are_model_load_errors(text, message):
 def test_manifest_ignores_unknown_fields():
     manifest = Manifest.from_json('{"edgert_version": "9", "source": "s", "task": "x", "opset": 18, "new": 1}')
     assert manifest.source == "s" and manifest.plan is None
+
+
+# --- issue 17: sizes and scores checked before anything is allocated or chosen ----------------
+
+def test_window_caches_are_bounded_by_max_length_or_an_absolute_limit():
+    from edgert.plan import MAX_WINDOW_TOKENS
+
+    CachePolicy("window", 4, 12).check("w", max_length=16)  # a window as long as the model is legal
+    with pytest.raises(PlanError, match=r"w: a window of sink 4 \+ recent 13 tokens is longer than the model's "
+                                        r"max_length \(16\)"):
+        CachePolicy("window", 4, 13).check("w", max_length=16)
+    with pytest.raises(PlanError, match=f"longer than the {MAX_WINDOW_TOKENS} tokens a window may keep"):
+        CachePolicy("window", 10**12, 256).check("w")
+    with pytest.raises(PlanError, match="sink a number with about 5001 digits"):  # str() of it would raise
+        CachePolicy("window", 10**5000, 256).check("w")
+    plan = HeadPlan.full(2, 4, num_kv_heads=2).with_windows(1, 64, 256)
+    assert plan.check(max_length=320) is plan
+    with pytest.raises(PlanError, match=r"layer \d kv head 1: a window of sink 64 \+ recent 256"):
+        plan.check(max_length=319)
+    with pytest.raises(PlanError, match="longer than the model's max_length"):
+        HeadPlan.full(2, 4).with_windows(1, 64, 256, max_length=128)
+    huge = HeadPlan.full(1, 2).to_dict()
+    huge["layers"][0]["cache"][0] = {"kind": "window", "sink": 10**12, "recent": 1}
+    with pytest.raises(PlanError, match="a window may keep"):
+        HeadPlan.from_dict(huge)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((0.5, 4, 16), {"scores": [[1.0]]}, r"scores must hold one row per layer \(2\) of one number per kv head \(2\)"),
+    ((0.5, 4, 16), {"scores": [[1.0, "a"], [0.0, 1.0]]}, "score of layer 0 kv head 1 must be a finite number"),
+    ((0.5, 4, 16), {"scores": [[1.0, float("nan")], [0.0, 1.0]]}, "must be a finite number, got nan"),
+    ((0.5, 4, 16), {"scores": "scores"}, "scores must hold one row per layer"),
+    (("half", 4, 16), {}, "retrieval heads must be a fraction or a count, got a string"),
+    ((float("nan"), 4, 16), {}, r"a retrieval fraction must lie in \[0, 1\] \(a finite number\), got nan"),
+    ((0.5, 4.5, 16), {}, "sink must be an integer, got a number"),
+])
+def test_with_windows_raises_only_plan_errors(args, kwargs, message):
+    with pytest.raises(PlanError, match=message):
+        HeadPlan.full(2, 4, num_kv_heads=2).with_windows(*args, **kwargs)
+
+
+def test_with_windows_takes_exact_fractions():
+    from fractions import Fraction
+
+    assert HeadPlan.full(2, 4, num_kv_heads=2).with_windows(Fraction(1, 2), 4, 16).retrieval_heads == 2
+
+
+@pytest.mark.parametrize("decoder, message", [
+    ({"eos_token_ids": ["2"]}, "manifest decoder.eos_token_ids must be a list of integers >= 0"),
+    ({"eos_token_ids": 2}, "manifest decoder.eos_token_ids must be a list of integers >= 0, got an integer"),
+    ({"eos_token_ids": [1.5]}, "decoder.eos_token_ids"),
+    ({"bos_token_id": "1"}, "manifest decoder.bos_token_id must be an integer >= 0 or null, got a string"),
+    ({"max_length": 0}, "manifest decoder.max_length must be an integer >= 1"),
+    ({"vocab_size": 2.0}, "manifest decoder.vocab_size must be an integer >= 1, got a number"),
+])
+def test_manifest_decoder_fields_are_checked(decoder, message):
+    manifest = {"edgert_version": "0.1.0", "source": "x", "task": "text-generation", "opset": 18,
+                "decoder": {"max_length": 16, "vocab_size": 8, "eos_token_ids": [2], **decoder}}
+    with pytest.raises(ModelLoadError, match=message):
+        Manifest.from_json(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("read", [
+    lambda path: HeadPlan.load(path),
+    lambda path: HeadPlan.from_duo_attention_tsv(path, 4, retrieval_fraction=0.5),
+], ids=["plan", "pattern"])
+def test_files_far_larger_than_a_plan_are_refused_before_reading(tmp_path, read):
+    """A 64 MiB file (sparse: no disk is used) is refused by its size; it was read whole, and a
+    960 MB pattern file took 17 GB before its shape was checked."""
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(64 * 2**20)
+    with pytest.raises(PlanError, match="is larger than 16 MiB"):
+        read(path)
+
+
+def test_plan_files_the_os_refuses_are_plan_errors(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(PlanError, match="cannot read plan file .*loop: Too many levels of symbolic links"):
+        HeadPlan.load(loop)
+    with pytest.raises(PlanError, match="plan file is not a regular file: /dev/zero"):
+        HeadPlan.load("/dev/zero")
+    from edgert.errors import OutputPathError
+
+    with pytest.raises(OutputPathError, match="cannot write .*x{300}.json: File name too long"):
+        HeadPlan.full(1, 2).save(tmp_path / ("x" * 300 + ".json"))

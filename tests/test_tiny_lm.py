@@ -135,9 +135,10 @@ def test_razor_scores_separate_the_committed_model_heads(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--context", "5000"], "contexts must lie in [1,"),
+    (["--context", "5000"], "contexts must lie in [63, 4084] for this model (the prompt without filler takes 63"),
+    (["--context", "40"], "contexts must lie in [63, 4084]"),
     (["--depths", "0,1.5"], "depths must lie in [0, 1]"),
-    (["--context", "12a"], "--context takes comma-separated ints"),
+    (["--context", "12a"], "--context must be comma-separated whole numbers such as 1,2,3; '12a' is not a whole"),
 ])
 def test_eval_passkey_errors_are_one_line(tiny_lm_onnx, tmp_path, args, message):
     out = tmp_path / "r.json"

@@ -21,7 +21,7 @@ from edgert.quant.calib import CalibrationError, load_images
 from edgert.quant.quantize import Guard, QuantConfig, QuantizeError, quantize_model
 from edgert.session import Session
 
-from conftest import make_tiny_model
+from conftest import assert_one_error, make_tiny_model
 
 PIL = pytest.importorskip("PIL.Image")
 LABELS = ("red", "green", "blue", "cyan", "magenta", "yellow")
@@ -100,14 +100,6 @@ def invoke(*args):
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-def assert_one_error(result, message):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]  # quantize's steps come first
-    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.stderr
-    assert message in lines[-1], lines[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +305,8 @@ def test_quantize_image_model_guards_and_data(vision_model, tmp_path):
         quantize_model(vision_model, out, QuantConfig())
     with pytest.raises(QuantizeError, match="guard kl<=0.1 does not fit an image classifier: its guard is "
                                             "top1>=V, sqnr>=V or cosine>=V"):
-        quantize_model(vision_model, out, QuantConfig(guard=Guard.parse("kl<=0.1")), calib=tmp_path)
+        quantize_model(vision_model, out, QuantConfig(guard=Guard.parse("kl<=0.1")),
+                       calib=image_folder(tmp_path / "guard", 1))
     with pytest.raises(QuantizeError, match="guard top1>=0.9 does not fit this model: its guard is cosine>=V or sqnr>=V"):
         quantize_model(make_tiny_model(tmp_path / "tiny.onnx"), out, QuantConfig(guard=Guard.parse("top1>=0.9")))
     npz = tmp_path / "calib.npz"
@@ -395,22 +388,47 @@ def test_run_image_errors(vision_model, tmp_path):
     for args, message in [
         ((vision_model, "--image", notes), "cannot read " + str(notes) + " as an image"),
         ((vision_model, "--image", tmp_path / "none.png"), "image not found: "),
-        ((vision_model, "--image", tmp_path), "is not an image file"),
+        ((vision_model, "--image", tmp_path), "image is a folder, not a file: "),
         ((text_model, "--image", red), "text.onnx is not an image model (its manifest says task 'sentence-embedding')"),
         ((make_tiny_model(tmp_path / "tiny.onnx"), "--image", red), "tiny.onnx is not an image model (it has no edgert manifest)"),
         ((vision_model, "--image", red, "--text", "hello"), "give one of --text"),
         ((vision_model, "--image", red, "--full"), "--full does not apply to --image"),
-        ((vision_model, "--image", red, "--top", "0"), "Invalid value for '--top'"),
+        ((vision_model, "--image", red, "--top", "0"), "--top must be a whole number >= 1, got 0"),
         ((vision_model, "--text", "hello", "--json", tmp_path / "x.json"), "--json needs --image"),
         ((vision_model, "--text", "hello", "--top", "3"), "--top needs --image"),
         ((vision_model, "--image", red, "--json", red), "same file as input"),
     ]:
-        result = invoke("run", *args)
-        if "Invalid value" in message:  # click's own usage error
-            assert result.exit_code == 2 and message in result.stderr
-            continue
-        assert_one_error(result, message)
+        assert_one_error(invoke("run", *args), message)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_extreme_aspect_ratio_is_preprocessed_in_bounded_memory(vision_model, tmp_path, monkeypatch):
+    """A 100000 x 1 PNG (a few hundred bytes) passed Pillow's bomb guard, then its resized form
+    (3.6 million x 36 pixels for this model, 500 MiB) was made whole; only the crop is resized now."""
+    wide = tmp_path / "wide.png"
+    PIL.new("RGB", (100_000, 1), (255, 0, 0)).save(wide)
+    made = []
+    resize = PIL.Image.resize
+
+    def recorded(image, size, *args, **kwargs):
+        made.append(size[0] * size[1])
+        return resize(image, size, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "resize", recorded)
+    spec = ImageSpec.from_manifest(Session(vision_model).manifest)
+    pixels = preprocess(load_image(wide), spec)
+    assert made and max(made) <= 32 * 32, made  # every image Pillow made: pixels
+    np.testing.assert_allclose(pixels[0], 1, atol=1e-6)  # pure red: (1 - 0.5) / 0.5
+    np.testing.assert_allclose(pixels[1:], -1, atol=1e-6)
+    ran = invoke("run", vision_model, "--image", wide, "--top", "1")
+    assert ran.exit_code == 0 and "red" in ran.stdout, ran.output
+
+
+def test_an_image_larger_than_the_memory_available_is_refused_before_decoding(tmp_path, monkeypatch):
+    image = write_image(tmp_path / "red.png", 0, np.random.default_rng(0))  # 48 x 40
+    monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: 10_000)
+    with pytest.raises(ImageError, match=r"decoding .*red.png \(48 x 40 pixels\) needs 13.1 KiB; 9.8 KiB of memory"):
+        load_image(image)
 
 
 def test_bench_an_image_model(vision_model, tmp_path):

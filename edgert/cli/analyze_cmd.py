@@ -8,7 +8,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.options import CommaList, FiniteFloat, WholeNumber
 from edgert.cli.outlier_table import outlier_table
+from edgert.cli.progress import counted, show_steps
+from edgert.errors import OptionError, PlanError
+from edgert.exporters import kv_heads as kv
 
 
 @click.group("analyze")
@@ -31,8 +36,6 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
     """Per activation tensor: max |x|, kurtosis and SQNR after fake INT8 (uint8,
     per-tensor, min/max range), worst SQNR first."""
     import edgert
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.cli.progress import counted
     from edgert.quant.calib import load_calibration
     from edgert.quant.outliers import activation_stats
     from edgert.session import check_threads
@@ -59,20 +62,17 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
               help="Write the resulting HeadPlan JSON here (for `edgert export --plan`).")
 @click.option("--prune", type=float, default=None, metavar="FRACTION",
               help="Drop this fraction of all heads, least important first.")
-@click.option("--keep-per-layer", default=None, metavar="N,N,...",
+@click.option("--keep-per-layer", type=CommaList(whole=True, low=0), default=None, metavar="N,N,...",
               help="Keep this many of the most important heads in each layer (0 skips the layer's attention).")
-@click.option("--random", "random_seed", type=int, default=None, metavar="SEED",
+@click.option("--random", "random_seed", type=WholeNumber(0), default=None, metavar="SEED",
               help="Score heads at random instead (the baseline importance must beat).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the per-head scores as JSON.")
 def heads(source: str, calib_path: str | None, calib_size: int, output: str | None, prune: float | None,
-          keep_per_layer: str | None, random_seed: int | None, json_path: str | None) -> None:
+          keep_per_layer: list[int] | None, random_seed: int | None, json_path: str | None) -> None:
     """Score every attention head of SOURCE (a built-in name or a Hugging Face directory) by
     the mask-gradient importance of Michel et al. (2019), normalised per layer then globally,
     and optionally turn the scores into a pruning plan."""
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.cli.progress import counted, show_steps
-    from edgert.errors import PlanError
     from edgert.exporters.heads import Transform, identity_plan
     from edgert.exporters.importance import (
         head_importance,
@@ -85,12 +85,12 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     if prune is not None and keep_per_layer is not None:
         raise PlanError("give --prune or --keep-per-layer, not both")
     Transform(prune=prune).check()
-    check_outputs([output, json_path], inputs=[calib_path])
+    check_outputs([output, json_path], inputs=[source, calib_path])
     with show_steps("analyze heads", {}) as step:
         step("loading model and calibration data")
         model, samples, loss = load_for_heads(source, calib_path, calib_size)
     plan = identity_plan(model)
-    counts = _parse_counts(keep_per_layer, plan) if keep_per_layer else None
+    counts = _parse_counts(keep_per_layer, plan) if keep_per_layer is not None else None
     if random_seed is not None:
         scores = random_scores(plan, random_seed)
     else:
@@ -113,13 +113,8 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
         write_text_atomic(json_path, json.dumps({"scores": scores.tolist()}, indent=1))
 
 
-def _parse_counts(text: str, plan) -> list[int]:
-    from edgert.errors import PlanError
-
-    try:
-        counts = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise PlanError(f"--keep-per-layer takes comma-separated integers, got {text!r}") from None
+def _parse_counts(counts: list[int], plan) -> list[int]:
+    """--keep-per-layer's counts, checked against the model: one per layer, each in [0, heads]."""
     if len(counts) != len(plan.layers):
         raise PlanError(f"--keep-per-layer needs {len(plan.layers)} counts (one per layer), got {len(counts)}")
     heads = plan.layers[0].num_heads
@@ -151,25 +146,30 @@ def _scores_table(scores, plan, title: str) -> Table:
               help="pattern: read DuoAttention gates from --patterns; razor: RazorAttention echo and "
                    "induction scores on repeated random tokens (no training); duo: train DuoAttention "
                    "gates on passkey prompts (the model stays frozen).")
-@click.option("--retrieval-ratio", type=float, default=None,
+@click.option("--retrieval-ratio", type=FiniteFloat(0, 1), default=None,
               help="Fraction of all kv heads that keep a full cache, best scores first [default: 0.25].")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=FiniteFloat(), default=None,
               help="Instead of a ratio: every kv head scoring at least this keeps a full cache.")
-@click.option("--sink", type=int, default=64, show_default=True, help="First tokens a streaming head keeps.")
-@click.option("--recent", type=int, default=256, show_default=True, help="Latest tokens a streaming head keeps.")
+@click.option("--sink", type=WholeNumber(0), default=64, show_default=True, help="First tokens a streaming head keeps.")
+@click.option("--recent", type=WholeNumber(1), default=256, show_default=True,
+              help="Latest tokens a streaming head keeps.")
 @click.option("--patterns", default=None, type=click.Path(dir_okay=False),
               help="pattern: a full_attention_heads.tsv (one row per layer, one value per kv head).")
-@click.option("--length", type=int, default=256, show_default=True, help="razor: random tokens per repeat.")
-@click.option("--repeats", type=int, default=4, show_default=True, help="razor: times the tokens repeat.")
-@click.option("--echo-heads", type=int, default=0, show_default=True,
+@click.option("--length", type=WholeNumber(2), default=256, show_default=True, help="razor: random tokens per repeat.")
+@click.option("--repeats", type=WholeNumber(2), default=4, show_default=True, help="razor: times the tokens repeat.")
+@click.option("--echo-heads", type=WholeNumber(0), default=0, show_default=True,
               help="razor: the best echo heads that join the retrieval heads first (RazorAttention "
                    "keeps about 1%% of all heads for echo).")
-@click.option("--seed", type=int, default=0, show_default=True, help="razor/duo: seed of the random data.")
-@click.option("--steps", type=int, default=100, show_default=True, help="duo: optimisation steps.")
-@click.option("--context", type=int, default=512, show_default=True, help="duo: passkey prompt length in tokens.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="duo: prompts per step.")
-@click.option("--lr", "learning_rate", type=float, default=0.02, show_default=True, help="duo: Adam learning rate.")
-@click.option("--l1", type=float, default=0.05, show_default=True, help="duo: weight of the gates' L1 penalty.")
+@click.option("--seed", type=WholeNumber(0), default=0, show_default=True, help="razor/duo: seed of the random data.")
+@click.option("--steps", type=WholeNumber(1), default=100, show_default=True, help="duo: optimisation steps.")
+@click.option("--context", type=WholeNumber(2), default=512, show_default=True,
+              help="duo: passkey prompt length in tokens.")
+@click.option("--batch-size", type=WholeNumber(1, kv.MAX_DUO_BATCH), default=4, show_default=True,
+              help="duo: prompts per step.")
+@click.option("--lr", "learning_rate", type=FiniteFloat(0, low_open=True), default=0.02, show_default=True,
+              help="duo: Adam learning rate.")
+@click.option("--l1", type=FiniteFloat(0), default=0.05, show_default=True,
+              help="duo: weight of the gates' L1 penalty.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The HeadPlan JSON to write.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the raw scores (and duo's training history) as JSON.")
@@ -182,40 +182,29 @@ def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold:
     """Choose the retrieval heads (full KV cache) and streaming heads (sink + recent tokens)
     of a decoder; writes a HeadPlan for `edgert export --plan`. SOURCE: a built-in name
     (e.g. tiny-lm) or a Hugging Face model directory."""
-    from edgert._io import check_outputs
-    from edgert.cli.progress import counted
-    from edgert.errors import PlanError
-    from edgert.exporters import kv_heads as kv
     from edgert.exporters.hf_loading import quiet_libraries
     from edgert.models.sources import resolve_source
-    from edgert.plan import CachePolicy
 
     if retrieval_ratio is not None and threshold is not None:
-        raise PlanError("give --retrieval-ratio or --threshold, not both")
+        raise OptionError("give --retrieval-ratio or --threshold, not both")
     if retrieval_ratio is None and threshold is None:
         retrieval_ratio = 0.25
-    if retrieval_ratio is not None and not 0 <= retrieval_ratio <= 1:
-        raise PlanError(f"--retrieval-ratio must lie in [0, 1], got {retrieval_ratio:g}")
-    if sink + recent <= 0:
-        raise PlanError(f"streaming heads need sink + recent > 0, got {sink} + {recent}")
-    CachePolicy("window", sink, recent).check("--sink/--recent")
-    check_outputs([output, json_path, save_pattern], inputs=[p for p in (patterns,) if p])
     resolved = resolve_source(source)
+    check_outputs([output, json_path, save_pattern], inputs=[resolved.directory, patterns])
     options = kv.AnalyzeOptions(method, sink, recent, patterns, length, repeats, echo_heads, seed, steps,
                                 context, batch_size, learning_rate, l1)
     identity, max_length = kv.model_limits(resolved)
-    options.check(max_length)
+    options.check(identity, max_length)
     if method != "pattern":
         quiet_libraries()
     units = len(identity.layers) if method == "razor" else steps if method == "duo" else 1
     with counted(f"analyze kv-heads ({method})", units) as advance:
         scores = kv.score_heads(resolved, options, identity, progress=lambda: advance(1))
-    plan = kv.choose_heads(identity, scores, ratio=retrieval_ratio, threshold=threshold, sink=sink, recent=recent)
+    plan = kv.choose_heads(identity, scores, ratio=retrieval_ratio, threshold=threshold, sink=sink, recent=recent,
+                           max_length=max_length)
     Console().print(kv_head_table(scores, plan))
     plan.save(output)
     if json_path:
-        from edgert._io import write_text_atomic
-
         write_text_atomic(json_path, json.dumps(scores.to_dict(), indent=1))
     if save_pattern:
         kv.write_pattern(save_pattern, scores.scores)

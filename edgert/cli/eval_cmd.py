@@ -8,8 +8,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.options import CommaList, WholeNumber
+from edgert.cli.progress import counted
 from edgert.devices import DEVICES
-from edgert.errors import InputError
+from edgert.generator import Generator
+from edgert.passkey import MAX_TRIALS, check_request, evaluate
 
 
 @click.group("eval")
@@ -17,51 +21,32 @@ def command() -> None:
     """Evaluate an exported model's accuracy."""
 
 
-def parse_numbers(text: str, what: str, kind: type) -> list:
-    """'256,512' -> [256, 512]; InputError naming `what` otherwise."""
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{what} takes comma-separated {kind.__name__}s, got {text!r}") from None
-    if not values:
-        raise InputError(f"{what} is empty")
-    return values
-
-
 @command.command("passkey")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--context", "contexts", default="256,512,1024,2048", show_default=True, metavar="N,N,...",
-              help="Prompt lengths in tokens.")
-@click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, metavar="D,D,...",
-              help="Where the key sits in the filler: 0 = start, 1 = just before the question.")
-@click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Prompts (random keys) per context and depth.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of keys and filler.")
+@click.option("--context", "contexts", type=CommaList(whole=True, low=1), default="256,512,1024,2048",
+              show_default=True, help="Prompt lengths in tokens.")
+@click.option("--depths", type=CommaList(whole=False, low=0, high=1), default="0,0.25,0.5,0.75,1",
+              show_default=True, help="Where the key sits in the filler: 0 = start, 1 = just before the question.")
+@click.option("--trials", type=WholeNumber(1, MAX_TRIALS), default=10, show_default=True,
+              help="Prompts (random keys) per context and depth, decoded as one batch.")
+@click.option("--seed", type=WholeNumber(0), default=0, show_default=True, help="Seed of keys and filler.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the accuracies, prompt lengths and KV bytes as JSON.")
-def passkey(model: str, contexts: str, depths: str, trials: int, seed: int, device: str,
+def passkey(model: str, contexts: list[int], depths: list[float], trials: int, seed: int, device: str,
             threads: int | None, json_path: str | None) -> None:
     """Passkey retrieval accuracy of a decoder exported by `edgert export`, through the same
     edgert.Generator applications use: a 5-digit key hidden in filler text at each depth,
     asked for at the end, greedy decoding."""
-    from edgert._io import check_output_path, write_text_atomic
-    from edgert.cli.progress import counted
-    from edgert.generator import Generator
-    from edgert.passkey import check_request, evaluate
-
-    context_list = parse_numbers(contexts, "--context", int)
-    depth_list = parse_numbers(depths, "--depths", float)
-    if json_path:
-        check_output_path(json_path, inputs=[model])
+    check_outputs([json_path], inputs=[model])
     generator = Generator(model, device=device, threads=threads)
-    check_request(generator, context_list, depth_list, trials)
-    with counted("eval passkey", trials * len(context_list) * len(depth_list)) as advance:
-        result = evaluate(generator, context_list, depth_list, trials, seed=seed, progress=advance)
+    contexts, depths, trials, seed = check_request(generator, contexts, depths, trials, seed)
+    with counted("eval passkey", trials * len(contexts) * len(depths)) as advance:
+        result = evaluate(generator, contexts, depths, trials, seed=seed, progress=advance)
     Console().print(passkey_table(result, model))
     if json_path:
-        write_text_atomic(json_path, json.dumps({"model": model, **result.to_dict()}, indent=1))
+        write_text_atomic(json_path, json.dumps({"model": model, **result.to_dict()}, indent=1), inputs=[model])
 
 
 def passkey_table(result, title: str) -> Table:

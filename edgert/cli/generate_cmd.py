@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 
 import click
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.cli.options import CommaList, FiniteFloat, WholeNumber
 from edgert.devices import DEVICES
 from edgert.errors import InputError
+from edgert.generator import Generator
 from edgert.memory import format_bytes
-
-_TOKEN_ID = re.compile(r"[+-]?\d+")
 
 
 @click.command("generate")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--prompt-ids", default=None, metavar="ID,ID,...", help="The prompt as token ids, e.g. 1,2,3.")
+@click.option("--prompt-ids", type=CommaList(whole=True), default=None, metavar="ID,ID,...",
+              help="The prompt as token ids, e.g. 1,2,3.")
 @click.option("--prompt", default=None, metavar="TEXT",
               help="The prompt as text, tokenized with the model's own tokenizer.")
-@click.option("--max-new-tokens", type=int, required=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=float, default=0.0, show_default=True,
+@click.option("--max-new-tokens", type=WholeNumber(1), required=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=FiniteFloat(0), default=0.0, show_default=True,
               help="0 is greedy; otherwise sample from softmax(logits / temperature).")
-@click.option("--top-k", type=int, default=None, help="Sample among the K likeliest tokens only.")
-@click.option("--top-p", type=float, default=None,
+@click.option("--top-k", type=WholeNumber(1), default=None, help="Sample among the K likeliest tokens only.")
+@click.option("--top-p", type=FiniteFloat(0, 1, low_open=True), default=None,
               help="Sample among the smallest set of tokens whose probability reaches P (0 < P <= 1).")
-@click.option("--seed", type=int, default=None, help="Seed of the sampler (reproducible sampling).")
-@click.option("--stop-ids", default=None, metavar="ID,ID,...",
+@click.option("--seed", type=WholeNumber(0), default=None, help="Seed of the sampler (reproducible sampling).")
+@click.option("--stop-ids", type=CommaList(whole=True), default=None, metavar="ID,ID,...",
               help="Token ids that end generation (kept in the output). Default: the model's "
                    "end-of-sequence ids.")
 @click.option("--no-stop", is_flag=True, help="Never stop early: generate exactly --max-new-tokens.")
@@ -36,9 +37,9 @@ _TOKEN_ID = re.compile(r"[+-]?\d+")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write prompt_ids, tokens, text, seconds, ttft_s and kv_bytes as JSON.")
-def command(model: str, prompt_ids: str | None, prompt: str | None, max_new_tokens: int,
+def command(model: str, prompt_ids: list[int] | None, prompt: str | None, max_new_tokens: int,
             temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-            stop_ids: str | None, no_stop: bool, device: str, threads: int | None,
+            stop_ids: list[int] | None, no_stop: bool, device: str, threads: int | None,
             json_path: str | None) -> None:
     """Generate tokens after a prompt with a decoder exported by `edgert export`.
 
@@ -46,19 +47,13 @@ def command(model: str, prompt_ids: str | None, prompt: str | None, max_new_toke
     model carries a tokenizer, then a summary: prompt and new tokens, time to first
     token, tokens/s after it, and the KV cache's size.
     """
-    from edgert._io import check_output_path
-    from edgert.generator import Generator
-
     if (prompt_ids is None) == (prompt is None):
         raise InputError("give the prompt either as --prompt-ids 1,2,3 or as --prompt TEXT")
     if stop_ids is not None and no_stop:
         raise InputError("give --stop-ids or --no-stop, not both")
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    ids = parse_ids(prompt_ids, "--prompt-ids") if prompt_ids is not None else None
-    stop = () if no_stop else parse_ids(stop_ids, "--stop-ids") if stop_ids is not None else None
-    if json_path:
-        check_output_path(json_path, inputs=[model])
+    ids = prompt_ids
+    stop = () if no_stop else stop_ids
+    check_outputs([json_path], inputs=[model])
     generator = Generator(model, device=device, threads=threads)
     if ids is None:
         if not generator.has_tokenizer:
@@ -79,8 +74,6 @@ def command(model: str, prompt_ids: str | None, prompt: str | None, max_new_toke
     kv_bytes = generator.cache_bytes()
     click.echo(summary(len(ids), len(tokens), ttft, seconds, kv_bytes, stopped))
     if json_path:
-        from edgert._io import write_text_atomic
-
         result = {"prompt_ids": ids, "tokens": tokens, **({"text": text} if text is not None else {}),
                   "seconds": seconds, "ttft_s": ttft, "kv_bytes": kv_bytes}
         write_text_atomic(json_path, json.dumps(result, indent=1), inputs=[model])
@@ -103,17 +96,6 @@ def print_stream(stream) -> tuple[list[int], float, float]:
     seconds = time.perf_counter() - start
     sys.stdout.write("\n")
     return tokens, ttft, seconds
-
-
-def parse_ids(text: str, option: str) -> list[int]:
-    """`text` such as "1, 2,3" as a list of ints, or InputError naming `option`."""
-    parts = [part.strip() for part in text.split(",")]
-    bad = next((part for part in parts if not _TOKEN_ID.fullmatch(part)), None)
-    if bad is not None:
-        shown = repr(bad) if len(bad) <= 20 else repr(bad[:20]) + "..."
-        raise InputError(f"{option} must be comma-separated token ids such as 1,2,3; "
-                         f"{shown} is not a whole number")
-    return [int(part) for part in parts]
 
 
 def summary(prompt_tokens: int, new_tokens: int, ttft: float, seconds: float, kv_bytes: int,

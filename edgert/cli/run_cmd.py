@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import click
 import numpy as np
 
+from edgert.cli.options import WholeNumber
 from edgert.devices import DEVICES
 from edgert.errors import InputError
 from edgert.images import TOP_K
+from edgert.npz import load_npz
 
 WIDTH = 80  # every printed line fits a standard terminal
 SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... more rows"
@@ -25,7 +26,7 @@ SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... mor
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="An image to classify (repeat for several), for image-classification models: "
                    "preprocessed as the model's manifest says, its top classes printed.")
-@click.option("--top", "top", type=click.IntRange(min=1), default=None,
+@click.option("--top", "top", type=WholeNumber(1), default=None,
               help="With --image: how many of the most probable classes to show per image.  [default: 5]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="With --image: also write each image's top classes as JSON.")
@@ -63,7 +64,7 @@ def command(model: str, texts: tuple[str, ...], inputs_path: str | None, images:
     if images:
         _classify(session, images, top or TOP_K, json_path, out_path, model)
         return
-    feeds = session.tokenizer(list(texts)) if texts else _load_npz(Path(inputs_path))
+    feeds = session.tokenizer(list(texts)) if texts else load_npz(inputs_path, "inputs file", InputError)
     name = output_name or session.output_names[0]
     result = session.run(feeds, [name])[name]
     if out_path:
@@ -121,19 +122,6 @@ def _prediction_table(title: str, predictions, escape):
     for rank, p in enumerate(predictions, 1):
         table.add_row(str(rank), str(p.index), escape(p.label), f"{p.probability:.4f}")
     return table
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    from edgert.errors import first_line
-    from edgert.errors import shown_path
-
-    if not path.is_file():
-        raise InputError(f"inputs file not found: {shown_path(path)}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as exc:  # numpy raises several types for a file that is not an .npz
-        raise InputError(f"cannot read {shown_path(path)} as .npz: {first_line(exc)}") from None
 
 
 def _header(name: str, array: np.ndarray) -> list[str]:
