@@ -2,6 +2,9 @@
 
 The fusions themselves are `edgert.quant.fuse` (shared with `edgert quantize`); this module
 decides what the export keeps and what its manifest says about it.
+
+`edgert.quant.fuse` (onnxscript) is imported where the graph is fused: `edgert export --help`
+and `edgert analyze --help` import this module and must not load onnxscript.
 """
 
 from __future__ import annotations
@@ -13,13 +16,11 @@ import onnx
 
 from edgert.errors import first_line
 from edgert.exporters.custom_ops import DOMAIN as CUSTOM_DOMAIN
-from edgert.quant import fuse
 
 ORT_CPU = "onnxruntime-cpu"
 # Residual Add + LayerNormalization stay unfused in the export: ONNX Runtime 1.32's CPU
-# SkipLayerNormalization kernel is ~5x slower than those two ops (221 vs 43 us on [1, 128, 384],
-# 2 threads), and MiniLM at sequence 128 runs 1.10x (batch 1) to 1.12x (batch 8) faster without
-# it. edgert's sessions also keep ONNX Runtime from fusing them at load
+# SkipLayerNormalization kernel is slower than those two ops, alone and inside MiniLM
+# (bench/skip_layernorm_check.py). edgert's sessions also keep ONNX Runtime from fusing them at load
 # (edgert.session.ORT_DISABLED_OPTIMIZERS); other runtimes may fuse them again.
 FUSE_SKIP_LAYER_NORM = False
 
@@ -50,6 +51,8 @@ def optimize_for_ort_cpu(model):
     type applied; the model comes back unfused, with a warning and the reason in the note, if
     fusion fails or would change the edgert custom ops.
     """
+    from edgert.quant import fuse
+
     before = _custom_ops(model)
     try:
         fused, fusions = fuse.fuse_model(model, skip_layer_norm=FUSE_SKIP_LAYER_NORM)

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import assert_one_error, make_embedding_model, make_tiny_model, run_cli
 
-COMMANDS = ["export", "run", "bench", "inspect"]
+COMMANDS = ["export", "quantize", "run", "generate", "bench", "inspect", "analyze", "eval"]
+HEAVY = ("torch", "transformers", "onnxscript", "onnx_ir", "tokenizers", "PIL")
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -22,6 +23,17 @@ def test_help(command):
     assert "Usage:" in result.stdout
     if command is None:
         assert all(c in result.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "analyze kv-heads", "eval passkey"])
+def test_help_loads_nothing_heavy(command):
+    """`--help` of every command imports none of the libraries kept lazy for that reason."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgert", *command.split(), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Usage:" in result.stdout, result.stderr[-500:]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "edgert" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
 def test_run_text_prints_and_saves_embedding(minilm_st, tmp_path):
