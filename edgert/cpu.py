@@ -112,6 +112,7 @@ def cpu_isa(override: str | None = None) -> CpuIsa:
 
 
 def _numpy_cpu_features() -> dict[str, bool]:
+    # numpy moved its private CPUID table between 1.x and 2.x; neither location is public API.
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:

@@ -1,6 +1,8 @@
 """Errors a user can cause. The library raises these; only the CLI turns them into
 one line and exit code 2."""
 
+import os
+
 
 class EdgertError(Exception):
     """Base class of every error edgert reports to a user."""
@@ -72,8 +74,6 @@ class QuantizeError(EdgertError):
 
 def shown_path(path: object) -> str:
     """A path as one printable line (repr-quoted when it holds control characters)."""
-    import os
-
     text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
     return text if text.isprintable() else repr(text)
 

@@ -1,5 +1,6 @@
 """What `edgert inspect` shows: signature, opsets, op histogram, parameters, custom ops,
-and the edgert manifest. Parses the graph with the `onnx` package (no session needed)."""
+and the edgert manifest. Parses the graph with the `onnx` package (no session needed), imported
+in the functions that parse: `import edgert` and `Session` never load it."""
 
 from __future__ import annotations
 

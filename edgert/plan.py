@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgert._io import input_file, path_argument
+from edgert._io import input_file, path_argument, write_text_atomic
 from edgert.checks import finite_number, shown_value
 from edgert.errors import ModelLoadError, PlanError, first_line, shown_path
 
@@ -347,8 +347,7 @@ class HeadPlan:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        from edgert._io import write_text_atomic
-
+        """Write the plan as JSON, atomically."""
         write_text_atomic(path, self.to_json())
 
     @classmethod

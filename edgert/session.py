@@ -26,6 +26,7 @@ from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
 from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
 from edgert.memory import available_memory_bytes, format_bytes
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
+from edgert.text import TextTokenizer
 
 ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -432,8 +433,6 @@ class Session:
     def tokenizer(self):
         """The TextTokenizer stored in the model (raises InputError if there is none)."""
         if self._tokenizer is None:
-            from edgert.text import TextTokenizer
-
             tokenizer_json = self.metadata.get(TOKENIZER_KEY)
             if tokenizer_json is None or self.max_length is None:
                 raise InputError(f"{shown_path(self.path.name)} carries no tokenizer; feed token ids instead")

@@ -1,13 +1,22 @@
-"""The ONNX side of edgert's custom ops (DESIGN.md, "Custom ops").
+"""The ONNX side of edgert's custom ops (docs/architecture.md).
 
 Each op becomes one node in domain `edgert` carrying plugin_namespace="edgert" (so TensorRT can
 bind a plugin of the same name), plus a model-local FunctionProto of the same name whose body
 is standard ONNX, so plain ONNX Runtime runs the graph by inlining it.
+
+torch and onnxscript are imported inside translation_table, the one function that needs them:
+`edgert export --help` imports this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import onnx
+from onnx import AttributeProto, helper
+from onnx.defs import OpSchema
+
+from edgert.exporters import vision_ops
 
 DOMAIN = "edgert"
 PLUGIN_NAMESPACE = "edgert"
@@ -17,11 +26,6 @@ CLIPPED_SOFTMAX = "ClippedSoftmax"  # not a standard ONNX op name: TensorRT look
 
 def register_schemas() -> None:
     """Register the edgert ops with onnx so onnxscript and the checker know their signatures."""
-    import onnx
-    from onnx.defs import OpSchema
-
-    from edgert.exporters import vision_ops
-
     if onnx.defs.has(CLIPPED_SOFTMAX, DOMAIN):
         return
     for schema in vision_ops.schemas(DOMAIN, OP_VERSION):
@@ -73,8 +77,6 @@ def translation_table() -> dict[object, Callable]:
 
 def clipped_softmax_function(opset: int):
     """ClippedSoftmax's body in standard ONNX (default-domain `opset`, which must equal the model's)."""
-    from onnx import AttributeProto, helper
-
     def constant(name: str, attribute: str):
         node = helper.make_node("Constant", [], [name])
         node.attribute.append(helper.make_attribute_ref("value_float", AttributeProto.FLOAT))
@@ -102,23 +104,17 @@ def clipped_softmax_function(opset: int):
 
 
 def _attribute(node, name: str):
-    from onnx import helper
-
     return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
 
 
 def _cascaded_group_attention_bodies(opset: int, node) -> list:
-    from edgert.exporters.vision_ops import cascaded_group_attention_function
-
     heads, kernels = _attribute(node, "num_heads"), list(_attribute(node, "kernels"))
-    return [cascaded_group_attention_function(DOMAIN, opset, heads, kernels, channels_last=layout)
+    return [vision_ops.cascaded_group_attention_function(DOMAIN, opset, heads, kernels, channels_last=layout)
             for layout in (False, True)]
 
 
 def _single_head_attention_bodies(opset: int, node) -> list:
-    from edgert.exporters.vision_ops import single_head_attention_function
-
-    return [single_head_attention_function(DOMAIN, opset, channels_last=layout) for layout in (False, True)]
+    return [vision_ops.single_head_attention_function(DOMAIN, opset, channels_last=layout) for layout in (False, True)]
 
 
 # op type -> (opset, node) -> [the FunctionProto the node calls, alternative layouts...]. A body
@@ -135,8 +131,6 @@ def attach_functions(model) -> list[str]:
     """Give `model` (ModelProto) the function body of every edgert op it uses; return their names.
 
     Nodes whose body depends on their attributes get the overload of their variant (IR >= 10)."""
-    from onnx import helper
-
     nodes = [n for n in model.graph.node if n.domain == DOMAIN]
     if not nodes:
         return []

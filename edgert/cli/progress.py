@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 @contextlib.contextmanager
@@ -42,13 +43,6 @@ def show_steps(command: str, labels: dict[str, str]) -> Iterator[Callable[[str],
 def counted(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n)` for work of `total` units: a progress bar on a terminal, else a
     `label: done/total` line on stderr at each quarter (a bar prints nothing to a log)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     err = Console(stderr=True)
     if err.is_terminal:

@@ -7,12 +7,17 @@ import textwrap
 
 import click
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from edgert._io import atomic_output, check_outputs, write_text_atomic
 from edgert.cli.options import WholeNumber
 from edgert.devices import DEVICES
-from edgert.errors import InputError
-from edgert.images import TOP_K
+from edgert.errors import InputError, shown_path
+from edgert.images import TOP_K, image_spec, load_image, preprocess, top_k
 from edgert.npz import load_npz
+from edgert.session import check_threads, load
 
 WIDTH = 80  # every printed line fits a standard terminal
 SUMMARY_ROWS = 8  # rows (items along the first axis) summarised before "... more rows"
@@ -47,10 +52,6 @@ def command(model: str, texts: tuple[str, ...], inputs_path: str | None, images:
     values (--full: the whole array); --out saves it as .npy instead. With --image, prints
     each image's most probable classes (softmax of the logits) instead.
     """
-    import edgert
-    from edgert._io import atomic_output, check_outputs
-    from edgert.session import check_threads
-
     check_threads(threads)
     if sum(map(bool, (texts, inputs_path, images))) != 1:
         raise InputError("give one of --text (one or more), --inputs FILE.npz or --image PATH (one or more)")
@@ -60,7 +61,7 @@ def command(model: str, texts: tuple[str, ...], inputs_path: str | None, images:
     if images and (full or output_name):
         raise InputError(f"{'--full' if full else '--output'} does not apply to --image")
     check_outputs([out_path, json_path], inputs=[model, inputs_path, *images])
-    session = edgert.load(model, device=device, threads=threads)
+    session = load(model, device=device, threads=threads)
     if images:
         _classify(session, images, top or TOP_K, json_path, out_path, model)
         return
@@ -80,13 +81,6 @@ def _classify(session, images: tuple[str, ...], top: int, json_path: str | None,
               model: str) -> None:
     """Preprocess `images` as the model's manifest says, run them one at a time and print a
     table of each one's `top` classes (or save the logits with --out); --json writes them."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    from edgert._io import atomic_output, write_text_atomic
-    from edgert.errors import shown_path
-    from edgert.images import image_spec, load_image, preprocess, top_k
-
     spec, input_name = image_spec(session)
     output = next((s for s in session.outputs if s.name == "logits"), session.outputs[0])
     pixels = [preprocess(load_image(path), spec) for path in images]  # every file read before running
@@ -103,7 +97,7 @@ def _classify(session, images: tuple[str, ...], top: int, json_path: str | None,
     else:
         console = Console(width=WIDTH)
         for path, predictions in zip(images, ranked):
-            console.print(_prediction_table(shown_path(path), predictions, escape))
+            console.print(_prediction_table(shown_path(path), predictions))
     if json_path:
         result = {"model": str(session.path), "output": output.name,
                   "images": [{"path": path, "top": [p.__dict__ for p in predictions]}
@@ -112,10 +106,8 @@ def _classify(session, images: tuple[str, ...], top: int, json_path: str | None,
         click.echo(f"wrote {json_path}")
 
 
-def _prediction_table(title: str, predictions, escape):
+def _prediction_table(title: str, predictions) -> Table:
     """One image's top classes: rank, class index, label and probability."""
-    from rich.table import Table
-
     table = Table(title=escape(title), min_width=min(len(title), WIDTH))  # a long path stays on one line
     for column in ("#", "class", "label", "probability"):
         table.add_column(column, justify="left" if column == "label" else "right", overflow="fold")
