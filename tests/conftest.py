@@ -113,9 +113,24 @@ def assert_one_error(result, message: str = "") -> str:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m edgert ARGS` in a fresh process, as a user would."""
+    """Run `python -m edgert ARGS` in a fresh process, as a user would (signals, exit codes,
+    what is imported and left behind)."""
     return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def invoke(*args: object):
+    """Run the `edgert` command in this process with click's runner (fast: torch and models
+    stay loaded); each argument is turned into a string. An exception other than the exit the
+    CLI chose (a bug) is raised, so the test shows its traceback."""
+    from click.testing import CliRunner
+
+    from edgert.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_one_error, make_embedding_model, make_tiny_model, run_cli
+from conftest import assert_one_error, invoke, make_embedding_model, make_tiny_model, run_cli
 
 COMMANDS = ["export", "quantize", "run", "generate", "bench", "inspect", "analyze", "eval"]
 HEAVY = ("torch", "transformers", "onnxscript", "onnx_ir", "tokenizers", "PIL")
@@ -235,16 +235,12 @@ def test_interrupted_export_leaves_no_file(tmp_path, sig):
 
 def test_run_checks_npz_arrays_against_memory_before_loading_them(tmp_path, monkeypatch):
     """A compressed .npz of a few KiB can declare arrays of any size: their headers are read
-    first (issue 17)."""
-    from click.testing import CliRunner
-
-    from edgert.cli import cli
-
+    first."""
     model = make_embedding_model(tmp_path / "embedding.onnx")
     np.savez_compressed(tmp_path / "in.npz", input_ids=np.ones((1, 4), np.int64),
                         attention_mask=np.ones((1, 4), np.int64))
     monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: 32)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("the arrays were loaded"))
-    result = CliRunner().invoke(cli, ["run", str(model), "--inputs", str(tmp_path / "in.npz")])
+    result = invoke("run", model, "--inputs", tmp_path / "in.npz")
     assert_one_error(result, "loading the arrays of inputs file ")
     assert result.stderr.strip().endswith("in.npz needs 64 bytes; 32 bytes of memory is available")

@@ -13,14 +13,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgert import CacheLayout, EdgertError, Generator, InputError
 from edgert.cli import cli
 from edgert.memory import available_memory_bytes, format_bytes
 from edgert.profiler import DecodeConfig, DecodeStats, bench_decode, profile_decode, total_decode_runs
 
-from conftest import assert_one_error, make_embedding_model, run_cli, save_tiny_decoder
+from conftest import assert_one_error, invoke, make_embedding_model, run_cli, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -335,12 +334,6 @@ def test_bench_decode_checks_the_context_before_drawing_the_prompt(decoders):
         bench_decode([str(decoders["full"])], DecodeConfig(context=10**13, new_tokens=4, iters=1, warmup=0))
 
 
-def invoke(*args: str):
-    """The CLI in this process (torch is loaded already: export's errors come in a second)."""
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_export_bad_head_options(decoders, tmp_path):

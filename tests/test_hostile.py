@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import edgert
-from conftest import assert_one_error, make_embedding_model
-from edgert.cli import cli
+from conftest import assert_one_error, invoke, make_embedding_model
 from edgert.errors import EdgertError
 from edgert.plan import HeadPlan
 
@@ -183,11 +181,6 @@ def test_head_plan_text_raises_only_plan_errors(text):
 # ---------------------------------------------------------------------------------------------
 # CLI option values and input files, property-based (in process: click's runner)
 
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def assert_clean_exit(result, *, allow_success: bool = True) -> None:

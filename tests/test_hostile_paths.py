@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgert._io import atomic_output, check_output_path, check_outputs, input_file, reserve_temporary
-from edgert.cli import cli
 from edgert.errors import OutputPathError, PlanError
 
-from conftest import assert_one_error
+from conftest import assert_one_error, invoke
 from test_hostile import make_text_model, snapshot, user_env
 
 
@@ -63,8 +61,7 @@ def test_symlinks_are_resolved_before_outputs_and_inputs_are_compared(source, tm
 
 def test_analyze_kv_heads_will_not_write_into_its_source(source):
     before = snapshot(source)
-    result = CliRunner().invoke(cli, ["analyze", "kv-heads", str(source), "--method", "razor",
-                                      "-o", str(source / "config.json")])
+    result = invoke("analyze", "kv-heads", source, "--method", "razor", "-o", source / "config.json")
     assert_one_error(result, f"output {source / 'config.json'} lies inside input folder {source}")
     assert snapshot(source) == before
 
@@ -73,8 +70,7 @@ def test_analyze_outliers_will_not_write_into_its_calibration_folder(tmp_path):
     model = make_text_model(tmp_path / "text.onnx")
     calib = tmp_path / "calib"
     calib.mkdir()
-    result = CliRunner().invoke(cli, ["analyze", "outliers", str(model), "--calib", str(calib),
-                                      "--json", str(calib / "o.json")])
+    result = invoke("analyze", "outliers", model, "--calib", calib, "--json", calib / "o.json")
     assert_one_error(result, "lies inside input folder")
     assert list(calib.iterdir()) == []
 

@@ -7,14 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgert.cli import cli
 from edgert.errors import OptionError, PlanError
 from edgert.passkey import FILLER, answer_is_correct, key_sentence, passkey_prompt
 from edgert.plan import HeadPlan
 
-from conftest import assert_one_error, save_tiny_decoder
+from conftest import assert_one_error, invoke, save_tiny_decoder
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -34,8 +32,6 @@ def _loaded(directory):
     return load(resolve_source(str(directory)))
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_attention_function_reproduces_the_model(decoder_dir):
@@ -164,7 +160,7 @@ def test_pattern_files_round_trip_and_bad_shapes(tmp_path):
 
 def test_cli_writes_a_plan_scores_and_pattern_export_accepts(decoder_dir, tmp_path):
     plan_path, scores_path, tsv = tmp_path / "plan.json", tmp_path / "scores.json", tmp_path / "p.tsv"
-    result = _run("analyze", "kv-heads", decoder_dir, "--method", "razor", "--retrieval-ratio", 0.5,
+    result = invoke("analyze", "kv-heads", decoder_dir, "--method", "razor", "--retrieval-ratio", 0.5,
                   "--length", 16, "--repeats", 3, "--sink", 2, "--recent", 8, "-o", plan_path,
                   "--json", scores_path, "--save-pattern", tsv)
     assert result.exit_code == 0, result.output
@@ -175,7 +171,7 @@ def test_cli_writes_a_plan_scores_and_pattern_export_accepts(decoder_dir, tmp_pa
     raw = json.loads(scores_path.read_text())
     assert raw["method"] == "razor" and np.array(raw["induction"]).shape == (2, 2)
     again = tmp_path / "again.json"
-    result = _run("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
+    result = invoke("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
                   "--retrieval-ratio", 0.5, "--sink", 2, "--recent", 8, "-o", again)
     assert result.exit_code == 0, result.output
     assert HeadPlan.load(again).to_dict() == plan.to_dict()
@@ -208,7 +204,7 @@ def test_cli_writes_a_plan_scores_and_pattern_export_accepts(decoder_dir, tmp_pa
 ])
 def test_cli_errors_are_one_line_and_leave_no_plan(decoder_dir, tmp_path, args, message):
     plan_path = tmp_path / "plan.json"
-    assert_one_error(_run("analyze", "kv-heads", decoder_dir, *args, "-o", plan_path), message)
+    assert_one_error(invoke("analyze", "kv-heads", decoder_dir, *args, "-o", plan_path), message)
     assert not plan_path.exists()
 
 
@@ -227,13 +223,13 @@ def test_cli_refuses_attention_matrices_larger_than_memory(decoder_dir, tmp_path
 
     monkeypatch.setattr("edgert.memory.available_memory_bytes", lambda: available)
     monkeypatch.setattr(kv, "score_heads", lambda *a, **k: pytest.fail("the model was used"))
-    assert_one_error(_run("analyze", "kv-heads", decoder_dir, *args, "-o", tmp_path / "plan.json"), message)
+    assert_one_error(invoke("analyze", "kv-heads", decoder_dir, *args, "-o", tmp_path / "plan.json"), message)
 
 
 def test_cli_refuses_a_pattern_of_the_wrong_shape(decoder_dir, tmp_path):
     tsv = tmp_path / "full_attention_heads.tsv"
     tsv.write_text("1\t0\t1\n0\t1\t0\n")  # 3 columns: the model has 2 kv heads
-    assert_one_error(_run("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
+    assert_one_error(invoke("analyze", "kv-heads", decoder_dir, "--method", "pattern", "--patterns", tsv,
                           "-o", tmp_path / "plan.json"), "2 rows (layers) x 2 columns (kv heads)")
     assert not (tmp_path / "plan.json").exists()
 
@@ -255,7 +251,7 @@ def test_passkey_prompt_fits_the_context_and_places_the_key():
 @pytest.mark.parametrize("ratio, kept", [(0, 0), (1, 4)])
 def test_cli_ratio_zero_and_one_are_legal(decoder_dir, tmp_path, ratio, kept):
     plan_path = tmp_path / "plan.json"
-    result = _run("analyze", "kv-heads", decoder_dir, "--method", "razor", "--length", 8, "--repeats", 2,
+    result = invoke("analyze", "kv-heads", decoder_dir, "--method", "razor", "--length", 8, "--repeats", 2,
                   "--retrieval-ratio", ratio, "--sink", 2, "--recent", 4, "-o", plan_path)
     assert result.exit_code == 0, result.output
     assert f"{kept} of 4 kv heads keep a full cache" in result.output
@@ -263,7 +259,7 @@ def test_cli_ratio_zero_and_one_are_legal(decoder_dir, tmp_path, ratio, kept):
 
 
 def test_cli_refuses_an_encoder(tmp_path):
-    assert_one_error(_run("analyze", "kv-heads", "minilm", "--method", "razor", "-o", tmp_path / "plan.json"),
+    assert_one_error(invoke("analyze", "kv-heads", "minilm", "--method", "razor", "-o", tmp_path / "plan.json"),
                      "not a supported decoder")
     assert not (tmp_path / "plan.json").exists()
 
@@ -301,7 +297,7 @@ def test_weights_that_do_not_fit_the_config_are_named_not_left_to_a_hidden_repor
     shutil.copytree(decoder_dir, bad)
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
-    result = _run("analyze", "kv-heads", bad, "--method", "razor", "--length", 8, "--repeats", 2,
+    result = invoke("analyze", "kv-heads", bad, "--method", "razor", "--length", 8, "--repeats", 2,
                   "-o", tmp_path / "plan.json")
     line = assert_one_error(result, "do not fit its config.json")
     assert "in the checkpoint, [" in line and "in the model (and 5 more of another shape)" in line, line
@@ -310,7 +306,7 @@ def test_weights_that_do_not_fit_the_config_are_named_not_left_to_a_hidden_repor
 
 def test_analyze_kv_heads_speaks_for_itself_not_for_export(tmp_path, recwarn):
     save_tiny_decoder(tmp_path / "plain")  # no tokenizer
-    result = _run("analyze", "kv-heads", tmp_path / "plain", "--method", "razor", "--length", 8, "--repeats", 2,
+    result = invoke("analyze", "kv-heads", tmp_path / "plain", "--method", "razor", "--length", 8, "--repeats", 2,
                   "-o", tmp_path / "plan.json")
     assert result.exit_code == 0, result.output
     shown = [str(w.message) for w in recwarn]

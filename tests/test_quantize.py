@@ -15,7 +15,7 @@ from edgert.quant.guard import Guard
 from edgert.quant.kernels import KERNELS, U8S8, U8S8_REDUCED, U8U8, Candidate, choose_kernel
 from edgert.quant.quantize import QuantConfig, quantize_model
 
-from conftest import run_cli
+from conftest import assert_one_error, invoke, run_cli
 
 
 @pytest.fixture
@@ -327,18 +327,10 @@ def test_cli_refuses_blank_option_values(tiny_model, tiny_calib, tmp_path, optio
     """An empty or blank value is refused up front, never read as "not given" (`--guard ""` used
     to quantize without a guard, `--exclude ""` kept unnamed nodes in float, `--heldout ""` judged
     on the calibration data)."""
-    from click.testing import CliRunner
-
-    from edgert.cli import cli
-
     out = tmp_path / "q.onnx"
     args = ["quantize", str(tiny_model), "--int8", "-o", str(out), "--report", "0"]
     args += ["--calib", str(tiny_calib)] if option != "--calib" else []
-    result = CliRunner().invoke(cli, [*args, option, value])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.stderr
-    assert message in lines[-1] and "Traceback" not in result.output
+    assert_one_error(invoke(*args, option, value), message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "tiny.onnx"]
 
 

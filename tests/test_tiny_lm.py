@@ -7,17 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgert.cli import cli
+from conftest import invoke
 from edgert.passkey import INSTRUCTION, QUESTION, passkey_prompt, random_key
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_tokenizer_covers_every_passkey_word():
@@ -83,7 +78,7 @@ def test_train_writes_a_loadable_llama_directory(tmp_path):
 def tiny_lm_onnx(tmp_path_factory):
     """The committed tiny LM exported with every head full."""
     path = tmp_path_factory.mktemp("tinylm") / "tiny-lm.onnx"
-    result = _run("export", "tiny-lm", "-o", path)
+    result = invoke("export", "tiny-lm", "-o", path)
     assert result.exit_code == 0, result.output
     return path
 
@@ -106,14 +101,14 @@ def test_committed_model_recalls_a_passkey_through_generate(tiny_lm_onnx):
     tokenizer = build_tokenizer()
     count = lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
     prompt = passkey_prompt(count, 150, 0.3, np.random.default_rng(7), key="71824")
-    result = _run("generate", tiny_lm_onnx, "--prompt", prompt.text, "--max-new-tokens", 6, "--threads", 1)
+    result = invoke("generate", tiny_lm_onnx, "--prompt", prompt.text, "--max-new-tokens", 6, "--threads", 1)
     assert result.exit_code == 0, result.output
     assert "7 1 8 2 4" in result.output
 
 
 def test_eval_passkey_full_model_is_accurate_within_its_training_length(tiny_lm_onnx, tmp_path):
     out = tmp_path / "passkey.json"
-    result = _run("eval", "passkey", tiny_lm_onnx, "--context", "128,384", "--depths", "0,0.5,1",
+    result = invoke("eval", "passkey", tiny_lm_onnx, "--context", "128,384", "--depths", "0,0.5,1",
                   "--trials", 4, "--threads", 1, "--json", out)
     assert result.exit_code == 0, result.output
     assert "passkey accuracy" in result.output
@@ -126,7 +121,7 @@ def test_eval_passkey_full_model_is_accurate_within_its_training_length(tiny_lm_
 
 def test_razor_scores_separate_the_committed_model_heads(tmp_path):
     scores = tmp_path / "razor.json"
-    result = _run("analyze", "kv-heads", "tiny-lm", "--method", "razor", "--length", 60, "--retrieval-ratio", 0.25,
+    result = invoke("analyze", "kv-heads", "tiny-lm", "--method", "razor", "--length", 60, "--retrieval-ratio", 0.25,
                   "--sink", 16, "--recent", 64, "-o", tmp_path / "plan.json", "--json", scores)
     assert result.exit_code == 0, result.output
     induction = np.array(json.loads(scores.read_text())["induction"])
@@ -142,6 +137,6 @@ def test_razor_scores_separate_the_committed_model_heads(tmp_path):
 ])
 def test_eval_passkey_errors_are_one_line(tiny_lm_onnx, tmp_path, args, message):
     out = tmp_path / "r.json"
-    result = _run("eval", "passkey", tiny_lm_onnx, *args, "--trials", 1, "--json", out)
+    result = invoke("eval", "passkey", tiny_lm_onnx, *args, "--trials", 1, "--json", out)
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output and not out.exists()

@@ -10,10 +10,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgert.cli import cli
 from edgert.errors import DependencyError, EdgertError
 from edgert.images import ImageError, ImageSpec, folder_labels, image_files, load_image, preprocess, top_k
 from edgert.plan import MANIFEST_KEY, Manifest
@@ -21,7 +19,7 @@ from edgert.quant.calib import CalibrationError, load_images
 from edgert.quant.quantize import Guard, QuantConfig, QuantizeError, quantize_model
 from edgert.session import Session
 
-from conftest import assert_one_error, make_tiny_model
+from conftest import assert_one_error, invoke, make_tiny_model
 
 PIL = pytest.importorskip("PIL.Image")
 LABELS = ("red", "green", "blue", "cyan", "magenta", "yellow")
@@ -95,11 +93,6 @@ def spec(vision_model):
     return ImageSpec.from_manifest(Session(vision_model).manifest)
 
 
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
