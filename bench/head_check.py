@@ -164,7 +164,7 @@ def main() -> None:
 
 def render(args, n_texts, prune_rows, accuracy, fp32_ms, int8_ms, int8_accuracy, original,
            gqa_rows, outliers) -> str:
-    lines = ["## Head transforms on all-MiniLM-L6-v2, no fine-tuning (issue 4)", "",
+    lines = ["## Head transforms on all-MiniLM-L6-v2, no fine-tuning", "",
              f"Machine: {machine()}. Cosine: sentence embedding vs the unpruned FP32 export over "
              f"{n_texts} bundled held-out sentences. Latency: p50 at batch 1, seq 128, "
              f"{args.threads} threads, ONNX Runtime CPU, allow_spinning=0, models of one column timed "

@@ -195,7 +195,7 @@ def main() -> None:
 
 
 def render(sections, agreement, onnx_models, versions, optimum_versions, args, *, optimum_skipped) -> str:
-    lines = ["## Peer check: exporting all-MiniLM-L6-v2 (issues 2 and 8)", "",
+    lines = ["## Peer check: exporting all-MiniLM-L6-v2", "",
              f"Machine: {machine()}. ONNX Runtime CPU, {args.threads} intra-op threads, "
              f"allow_spinning=0; torch eager with torch.set_num_threads({args.threads}), "
              "OMP_WAIT_POLICY=PASSIVE. Versions: "

@@ -153,7 +153,7 @@ def kernel_note(result) -> str:
 
 
 def render(labels, accuracy, notes, timings, args, isa) -> str:
-    lines = ["## INT8: edgert quantize vs ONNX Runtime and Optimum defaults (issues 3 and 8)", "",
+    lines = ["## INT8: edgert quantize vs ONNX Runtime and Optimum defaults", "",
              f"Machine: {machine()}; edgert chooses among the `{isa.int8_class}` "
              f"INT8 kernel configurations. ONNX Runtime CPU, {args.threads} threads, allow_spinning=0, "
              "all models timed interleaved in blocks in one process. Accuracy: cosine of the "

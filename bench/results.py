@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 from pathlib import Path
 
 from edgert._io import write_text_atomic
+from edgert.cpu import cpu_isa
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = ("# edgert benchmark results\n\nEach section below is written by the script it names; "
@@ -24,10 +26,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
-    from edgert.cpu import cpu_isa
-
     isa = cpu_isa()  # INT8 figures depend on these (ONNX Runtime's kernels differ with VNNI)
     return (f"{model} ({', '.join(isa.detected) or 'no INT8-relevant instruction sets found'}; "
             f"INT8 class {isa.int8_class}), {os.cpu_count()} logical cores, {platform.system()}")
@@ -39,6 +37,6 @@ def write_section(name: str, body: str) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     block = f"{start}\n{body.rstrip()}\n\n_Written by `bench/{name}.py` on {stamp}._\n{end}"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     write_text_atomic(RESULTS, text)

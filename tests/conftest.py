@@ -13,6 +13,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
+# Fixtures that export real models (tens of seconds each): every test that uses one runs in the
+# slow lane. `pytest -m "not slow"` is the fast lane for the inner loop; CI runs both. The fast
+# lane keeps test_decoder's one tiny Llama export so the decoding runtime is exercised there too.
+EXPORTED_MODEL_FIXTURES = {"minilm_st", "minilm_fe", "family_export", "decoders", "tiny_lm_onnx", "exports"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if EXPORTED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def make_tiny_model(path: Path, *, dims=("batch", 4), with_ids: bool = True) -> Path:

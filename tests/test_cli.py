@@ -212,6 +212,7 @@ def test_error_bench_json_in_missing_directory(tiny_model, tmp_path):
                        "output directory does not exist")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_export_leaves_no_file(tmp_path, sig):
     out = tmp_path / "m.onnx"

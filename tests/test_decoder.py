@@ -96,6 +96,7 @@ def llama(tmp_path_factory):
     return model, directory
 
 
+@pytest.mark.slow
 def test_window_covering_the_context_is_full_attention(llama):
     model, directory = llama
     export(str(directory / "hf"), directory / "covering.onnx",
@@ -118,6 +119,7 @@ def window_mask(positions: torch.Tensor, valid: torch.Tensor, sink: int, recent:
     return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
 
 
+@pytest.mark.slow
 def test_streaming_heads_roll_their_window(llama):
     """Every head streaming, a window much shorter than the generation: edgert's rolling
     cache must give the tokens transformers gives when every step re-runs the whole sequence
@@ -147,6 +149,7 @@ def test_streaming_heads_roll_their_window(llama):
     assert generator.cache_bytes() == 2 * 2 * 2 * (sink + recent) * 16 * 2 * 4
 
 
+@pytest.mark.slow
 def test_headwise_layers_hold_different_counts(llama):
     model, directory = llama
     result = export(str(directory / "hf"), directory / "one.onnx", transform=Transform(retrieval=1, sink=2, recent=3))
@@ -156,6 +159,7 @@ def test_headwise_layers_hold_different_counts(llama):
     assert sum(".retrieval.key" in n for n in names) == 1 and sum(".streaming.key" in n for n in names) == 2
 
 
+@pytest.mark.slow
 def test_retrieval_heads_are_reordered_first(llama):
     """A plan naming kv head 1 (not 0) as the retrieval head: the exporter permutes the
     projections so the retrieval cache holds kv head 1, and the output is unchanged."""
@@ -174,6 +178,7 @@ def test_retrieval_heads_are_reordered_first(llama):
     assert swapped.generate(prompt, 32, stop=()) == full.generate(prompt, 32, stop=())
 
 
+@pytest.mark.slow
 def test_transformed_decoder_matches_its_torch_model(llama, tmp_path):
     """Pruning and GQA regrouping work for decoders too; export validates them against torch."""
     _, directory = llama
@@ -295,6 +300,7 @@ def test_layer_cache_attention_equals_masked_attention():
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sliding_window_caps_the_length(tmp_path):
     """Beyond Mistral's sliding window its full heads would attend further than the model does;
     the export caps max_length there and says so."""

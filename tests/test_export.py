@@ -98,6 +98,7 @@ def test_local_random_init_encoders_export_and_validate(tmp_path, model_type):
     assert out["last_hidden_state"].shape == (3, 11, 32)
 
 
+@pytest.mark.slow
 def test_local_directory_tokenizer_travels_with_the_model(tmp_path):
     directory = _tiny_encoder_dir(tmp_path, "bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "edge", "##s"]
@@ -110,6 +111,7 @@ def test_local_directory_tokenizer_travels_with_the_model(tmp_path):
     assert session.run_text(["hello edges"])["sentence_embedding"].shape == (1, 32)
 
 
+@pytest.mark.slow
 def test_tight_atol_fails_and_leaves_no_file(tmp_path):
     directory = _tiny_encoder_dir(tmp_path, "bert")
     out = tmp_path / "m.onnx"
@@ -193,6 +195,7 @@ def _config_beside_weights(tmp_path, config_of: Path, weights_of: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_llama_config_beside_another_models_weights_is_one_error_line(tmp_path):
     save_tiny_decoder(tmp_path / "llama", "llama")
     mixed = _config_beside_weights(tmp_path, tmp_path / "llama", _tiny_encoder_dir(tmp_path, "bert"))

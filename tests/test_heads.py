@@ -185,6 +185,7 @@ def _tiny_bert_dir(tmp_path, gates: bool = False):
     return directory, calib
 
 
+@pytest.mark.slow
 def test_export_applies_pruning_grouping_and_clipped_softmax(tmp_path):
     directory, calib = _tiny_bert_dir(tmp_path)
     result = export(str(directory), tmp_path / "m.onnx", task="feature-extraction", calib=calib,
@@ -205,6 +206,7 @@ def test_export_applies_pruning_grouping_and_clipped_softmax(tmp_path):
     assert result.diffs["last_hidden_state"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_checkpoint_gates_turn_on_gated_attention(tmp_path):
     gated_dir, _ = _tiny_bert_dir(tmp_path, gates=True)
     plain_dir, _ = _tiny_bert_dir(tmp_path)  # same weights, no gates
@@ -219,6 +221,7 @@ def test_checkpoint_gates_turn_on_gated_attention(tmp_path):
     assert np.abs(with_gates - without).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_analyze_heads_cli_writes_a_plan_export_takes(tmp_path):
     directory, calib = _tiny_bert_dir(tmp_path)
     plan_path = tmp_path / "plan.json"
@@ -236,6 +239,7 @@ def test_analyze_heads_cli_writes_a_plan_export_takes(tmp_path):
     assert edgert.load(out).manifest.plan.kept_heads == 4
 
 
+@pytest.mark.slow
 def test_export_prune_keeps_the_heads_analyze_heads_ranks_highest(tmp_path):
     directory, calib = _tiny_bert_dir(tmp_path)
     plan_path = tmp_path / "plan.json"
@@ -249,6 +253,7 @@ def test_export_prune_keeps_the_heads_analyze_heads_ranks_highest(tmp_path):
         [layer["kept_heads"] for layer in analyzed["layers"]]
 
 
+@pytest.mark.slow
 def test_head_transform_errors(tmp_path):
     directory, calib = _tiny_bert_dir(tmp_path)
     other = tmp_path / "other.json"
@@ -274,6 +279,7 @@ def test_head_transform_errors(tmp_path):
     assert result.returncode == 2 and "keeps no head" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (("--plan", "{wider}"), f"plan was made for heads of size {2 * D}, the model's heads have size {D}"),
     # empty values that once silently meant "no plan", "standard softmax", "the default data"
@@ -292,6 +298,7 @@ def test_plans_of_another_model_and_empty_values_are_refused(tmp_path, args, mes
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_analyze_heads_scores_a_local_decoder(tmp_path):
     model = _tiny("llama")
     directory = tmp_path / "llama"
@@ -308,6 +315,7 @@ def test_analyze_heads_scores_a_local_decoder(tmp_path):
     assert all(layer["num_heads"] == 4 for layer in plan["layers"])
 
 
+@pytest.mark.slow
 def test_analyze_heads_refuses_weights_of_another_model(tmp_path):
     """analyze heads loads through the exporter's loader: Qwen2 weights under a Llama config
     are refused there too, naming the biases Llama has no place for."""

@@ -75,6 +75,7 @@ feeds = st.one_of(
 )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(feeds=feeds, outputs=st.one_of(st.none(), st.text(max_size=5), st.lists(scalars, max_size=2),
                                       st.just(["last_hidden_state"]), st.integers()))
@@ -195,6 +196,7 @@ option_values = st.one_of(st.integers(max_value=0), st.integers(min_value=10**7,
                           st.text(max_size=6), st.floats().map(repr), st.just(""))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(option=st.sampled_from(["--batch", "--seq", "--threads", "--iters", "--warmup"]), value=option_values)
 def test_bench_option_values(text_model, tmp_path, option, value):
@@ -408,7 +410,14 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case, argv, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def _lane(case: tuple) -> object:
+    """A case whose command loads torch in its fresh process (export, analyze heads / kv-heads)
+    takes seconds: it runs in the slow lane."""
+    torch_side = case[1][0] == "export" or case[1][:2] in (["analyze", "heads"], ["analyze", "kv-heads"])
+    return pytest.param(*case, id=case[0], marks=pytest.mark.slow if torch_side else ())
+
+
+@pytest.mark.parametrize("case, argv, message", [_lane(c) for c in CLI_CASES])
 def test_cli_case_ends_cleanly(inputs, tmp_path, case, argv, message):
     out, tmpdir = tmp_path / "out", tmp_path / "tmp"
     out.mkdir()

@@ -63,6 +63,7 @@ def test_cli_fused_feature_extraction_validates_within_atol(minilm_fe):
     assert manifest.validation["max_abs_diff"]["last_hidden_state"] <= ATOL
 
 
+@pytest.mark.slow
 def test_no_optimize_is_portable_and_agrees_with_the_fused_graph(tiny_bert, tmp_path):
     fused = export(str(tiny_bert), tmp_path / "fused.onnx", task="sentence-embedding")
     plain = export(str(tiny_bert), tmp_path / "plain.onnx", task="sentence-embedding", optimize=False)
@@ -78,6 +79,7 @@ def test_no_optimize_is_portable_and_agrees_with_the_fused_graph(tiny_bert, tmp_
     assert edgert.load(fused.path).tokenizer(["hello"])["input_ids"].tolist() == [[2, 5, 3]]
 
 
+@pytest.mark.slow
 def test_clipped_softmax_survives_fusion(tiny_bert, tmp_path):
     result = export(str(tiny_bert), tmp_path / "clip.onnx", task="feature-extraction",
                     transform=Transform(softmax=parse_softmax("clipped:-0.025,1")))
@@ -93,6 +95,7 @@ def test_clipped_softmax_survives_fusion(tiny_bert, tmp_path):
     assert result.diffs["last_hidden_state"] <= ATOL
 
 
+@pytest.mark.slow
 def test_gated_attention_fuses_through_sdpa_to_mha(tiny_bert, tmp_path):
     from safetensors.torch import save_file
 
@@ -109,6 +112,7 @@ def test_gated_attention_fuses_through_sdpa_to_mha(tiny_bert, tmp_path):
     assert result.diffs["last_hidden_state"] <= ATOL
 
 
+@pytest.mark.slow
 def test_fusion_that_fails_or_drops_a_custom_op_falls_back_to_the_unfused_graph(
         tiny_bert, tmp_path, monkeypatch):
     from edgert.quant import fuse
@@ -138,6 +142,7 @@ def test_fusion_that_fails_or_drops_a_custom_op_falls_back_to_the_unfused_graph(
     assert result.diffs["last_hidden_state"] <= ATOL
 
 
+@pytest.mark.slow
 def test_cli_shows_steps_on_stderr_and_results_on_stdout(tiny_bert, tmp_path):
     result = run_cli("export", str(tiny_bert), "-o", str(tmp_path / "m.onnx"))
     assert result.returncode == 0, result.stderr
@@ -155,6 +160,7 @@ def test_cli_shows_steps_on_stderr_and_results_on_stdout(tiny_bert, tmp_path):
     assert {d for d, _ in _ops(tmp_path / "p.onnx")} == {""}
 
 
+@pytest.mark.slow
 def test_failed_fused_validation_names_no_optimize_and_is_the_last_line(tiny_bert, tmp_path):
     result = run_cli("export", str(tiny_bert), "-o", str(tmp_path / "m.onnx"), "--atol", "1e-12", "--rtol", "0")
     assert result.returncode == 2, result.stderr
@@ -178,6 +184,7 @@ def test_fuse_for_ort_cpu_copies_the_source_when_fusion_fails(tiny_model, tmp_pa
     assert out.read_bytes() == tiny_model.read_bytes()
 
 
+@pytest.mark.slow
 def test_skip_layer_norm_fusion_is_optional_and_both_graphs_agree(tiny_bert, tmp_path):
     from edgert.quant.fuse import fuse_for_ort_cpu
 

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # builds the wheel from a copy of the tree
+
 PACKAGE_DIRS = {"edgert": "edgert", "models": "edgert/models", "exporters": "edgert/exporters",
                 "quant": "edgert/quant", "trt_plugins": "edgert/trt_plugins"}
 

@@ -60,6 +60,7 @@ def test_bench_one_model_alone(tiny_model):
     assert result.peak_rss_mb > 0 and result.session_s > 0 and result.first_ms > 0
 
 
+@pytest.mark.slow
 def test_bench_several_models_interleaved(tiny_model, tmp_path):
     other = make_tiny_model(tmp_path / "other.onnx")
     seen = []
@@ -108,6 +109,7 @@ def test_bench_models_arguments_are_checked(paths, config, progress, message):
         bench_models(paths, config, progress=progress)
 
 
+@pytest.mark.slow
 def test_bench_sequence_and_memory_are_checked_per_model(tmp_path, monkeypatch):
     model = make_embedding_model(tmp_path / "m.onnx", max_length=16)
     with pytest.raises(InputError, match="sequence length 17 .* longer than the model's max_length 16"):

@@ -207,6 +207,7 @@ def test_cli_quantizes_minilm_with_builtin_data(minilm_st, tmp_path):
     assert f"kernels chosen for CPU {', '.join(record['cpu']['names'])}" in shown
 
 
+@pytest.mark.slow
 def test_cli_quantize_errors(tiny_model, tiny_calib, tmp_path):
     out = tmp_path / "q.onnx"
     for args, message in [

@@ -77,6 +77,7 @@ def test_manifest_says_how_to_feed_images(exports):
     assert manifest.extra["vision"]["batchnorms_folded"] > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_variant_names_the_parameter(tmp_path):
     from safetensors.torch import save_file
 
@@ -89,6 +90,7 @@ def test_checkpoint_of_another_variant_names_the_parameter(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_timm_checkpoint_with_other_class_count_and_wrapper(tmp_path):
     import dataclasses
 
@@ -106,6 +108,7 @@ def test_timm_checkpoint_with_other_class_count_and_wrapper(tmp_path):
     assert result.manifest.extra["vision"]["weights"] == "checkpoint s1.pth"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["efficientvit-m9"], "unknown model 'efficientvit-m9'"),
     (["shvit-s1", "--resolution", "100"], "resolution 100 is not one these models take"),
@@ -124,6 +127,7 @@ def test_bad_requests_are_one_line_errors(tmp_path, args, message):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.slow
 def test_json_summary(tmp_path):
     out = tmp_path / "m0.onnx"
     result = run_cli("export", "efficientvit-m0", "--resolution", "64", "-o", str(out), "--json",
@@ -173,6 +177,7 @@ def test_int8_inlines_the_attention_ops(exports, tmp_path):
     assert result.accuracy.top1_agreement >= 0.9
 
 
+@pytest.mark.slow
 def test_trained_digit_classifier_is_accurate(tmp_path):
     """The committed EfficientViT-M0 digit weights export with their labels and classify."""
     from edgert.images import ImageSpec, image_files, load_preprocessed
