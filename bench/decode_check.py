@@ -19,6 +19,7 @@ others from the last run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,15 @@ import time
 from pathlib import Path
 
 from edgert.memory import proc_status_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_model import REFERENCE, REFERENCE_SMALL_INIT, model_dir  # noqa: E402
+from decode_peers import PEERS, PeerError, measure_peer, prompt_ids  # noqa: E402
+
+# --model: the reference decoder's two regimes. initializer_range 0.3 gives clear logit margins
+# (greedy tokens comparable across runtimes) and float32 denormals in attention; 0.02 is the
+# transformers default, whose activations stay normal.
+MODELS = {"init0.3": REFERENCE, "init0.02": REFERENCE_SMALL_INIT}
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "decode"
@@ -41,32 +51,35 @@ EDGERT_VARIANTS = {  # label -> (retrieval heads, INT8 guard or None for FP32)
     # every weight MatMul in INT8, accuracy only reported (like GenAI int4, not guarded)
     "edgert full INT8 (all)": (None, "top1>=0"),
 }
-PEERS = ("ort-genai-fp32", "ort-genai-int4", "transformers")
 
 
-def build_edgert_models(model_dir: Path, console) -> dict[str, Path]:
-    """Export (and quantize) each edgert variant once; cached under bench/_work/decode."""
+def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
+                        labels=tuple(EDGERT_VARIANTS)) -> dict[str, Path]:
+    """Export (and quantize) the edgert variants `labels` once, and the streaming-only model;
+    cached under bench/_work/decode as PREFIX-VARIANT.onnx."""
     from edgert.exporters import export
     from edgert.exporters.heads import Transform
 
     paths = {}
     for label, (retrieval, guard) in EDGERT_VARIANTS.items():
+        if label not in labels:
+            continue
         name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
-        fp32 = WORK / f"edgert-{name}.onnx"
+        fp32 = WORK / f"{prefix}-{name}.onnx"
         if not fp32.exists():
             console.print(f"exporting {label} …")
             transform = None if retrieval is None else Transform(retrieval=retrieval, sink=SINK, recent=RECENT)
             export(str(model_dir), fp32, transform=transform)
         paths[label] = fp32
         if guard:
-            quantized = WORK / f"edgert-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx"
+            quantized = WORK / f"{prefix}-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx"
             if not quantized.exists():
                 from edgert.quant.quantize import Guard, QuantConfig, quantize_model
 
                 console.print(f"quantizing {label} …")
                 quantize_model(fp32, quantized, QuantConfig(mode="dynamic", guard=Guard.parse(guard)), threads=2)
             paths[label] = quantized
-    streaming = WORK / "edgert-streaming.onnx"
+    streaming = WORK / f"{prefix}-streaming.onnx"
     if not streaming.exists():
         console.print("exporting the streaming-only model …")
         export(str(model_dir), streaming, transform=Transform(retrieval=0, sink=SINK, recent=RECENT))
@@ -84,6 +97,22 @@ def measure_edgert(label: str, path: Path, prompt: list[int], new_tokens: int, t
 def measure_streaming_memory(path: Path, tokens: int, threads: int) -> dict:
     """RSS while a streaming-only model generates `tokens` tokens, in a fresh process."""
     return _run_child({"mode": "stream", "model": str(path), "tokens": tokens, "threads": threads})
+
+
+@contextlib.contextmanager
+def busy_core(busy: bool):
+    """While the block runs, one other process spins on the CPU (as an edge device always has
+    other work), when `busy`."""
+    if not busy:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it reach its loop
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def _run_child(job: dict) -> dict:
@@ -156,9 +185,14 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
     targets = []
     for context in contexts:
         full, genai = by.get(("edgert full", context)), by.get(("ort-genai-fp32", context))
-        if full and genai:
-            targets.append(f"- {context}: edgert full vs GenAI fp32: prefill {genai['prefill_s'] / full['prefill_s']:.2f}x, "
-                           f"per-token {_p50(genai) / _p50(full):.2f}x (above 1 = edgert faster)")
+        torch_peer = by.get(("transformers", context))
+        if full and torch_peer:
+            targets.append(f"- {context}: edgert full vs transformers: prefill {torch_peer['prefill_s'] / full['prefill_s']:.2f}x, "
+                           f"per-token {_p50(torch_peer) / _p50(full):.2f}x")
+        for name, peer in (("GenAI fp32", genai), ("GenAI fp32 with denormals off", by.get(("ort-genai-fp32-ftz", context)))):
+            if full and peer:
+                targets.append(f"- {context}: edgert full vs {name}: prefill {peer['prefill_s'] / full['prefill_s']:.2f}x, "
+                               f"per-token {_p50(peer) / _p50(full):.2f}x")
         quarter = by.get(("edgert 25% retrieval", context))
         if full and quarter:
             targets.append(f"- {context}: 25% retrieval vs full: KV {100 * (1 - quarter['kv_bytes'] / full['kv_bytes']):.0f}% "
@@ -188,7 +222,7 @@ def int8_accuracy(paths: dict[str, Path]) -> list[str]:
 
     lines = []
     for label, (_, guard) in EDGERT_VARIANTS.items():
-        if guard:
+        if guard and label in paths:
             quant = edgert.load(paths[label]).manifest.extra["quantization"]
             acc = quant["accuracy"]
             lines.append(f"- {label}: next-token top-1 agreement with FP32 {acc['top1']:.3f}, KL mean "
@@ -227,32 +261,43 @@ def plot(results: list[dict], contexts: list[int]) -> None:
     os.replace(tmp, PLOT)
 
 
+RUN_TITLES = {"init0.3": "initializer_range 0.3 (denormals in attention)",
+              "init0.3-busy": "initializer_range 0.3, one core busy with another process",
+              "init0.02": "initializer_range 0.02 (transformers' default)",
+              "init0.02-busy": "initializer_range 0.02, one core busy with another process"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=MODELS, default="init0.3",
+                        help="the reference decoder's initializer_range")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="keep one core busy with another process (a spin loop) during every measurement")
     parser.add_argument("--stream-tokens", type=int, default=10_000)
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--variants", nargs="*", choices=EDGERT_VARIANTS, default=list(EDGERT_VARIANTS))
     parser.add_argument("--merge", action="store_true",
                         help="keep the other contexts (and the streaming run, unless --stream-tokens) "
-                             "of the last run's bench/_work/decode/results.json: re-measure some rows")
+                             "of the last run of this --model and --busy-core: re-measure some rows")
     parser.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(HERE))
-    from decode_model import reference_model_dir
-    from decode_peers import PeerError, measure_peer, prompt_ids
     from results import machine, write_section
     from rich.console import Console
 
     console = Console()
     WORK.mkdir(parents=True, exist_ok=True)
-    model_dir = reference_model_dir(WORK / "models")
-    paths = build_edgert_models(model_dir, console)
-    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    run = args.model + ("-busy" if args.busy_core else "")
+    saved = WORK / f"results-{run}.json"
+    directory = model_dir(MODELS[args.model], WORK / "models")
+    paths = build_edgert_models(directory, console, "edgert" if args.model == "init0.3" else f"edgert-{args.model}",
+                                args.variants)
+    vocab = json.loads((directory / "config.json").read_text())["vocab_size"]
     results = []
-    runners = [*EDGERT_VARIANTS, *args.peers]
+    runners = [*args.variants, *args.peers]
     for context in args.contexts:
         prompt = prompt_ids(context, vocab)
         # Rotate the order per context so no runtime always runs first or last.
@@ -260,11 +305,12 @@ def main() -> int:
         for label in runners[shift:] + runners[:shift]:
             console.print(f"context {context}: {label} …")
             try:
-                if label in EDGERT_VARIANTS:
-                    r = measure_edgert(label, paths[label], prompt, args.new_tokens, args.threads)
-                else:
-                    r = measure_peer(label, model_dir, context, args.new_tokens, args.threads)
-                    r["peer"] = label
+                with busy_core(args.busy_core):
+                    if label in EDGERT_VARIANTS:
+                        r = measure_edgert(label, paths[label], prompt, args.new_tokens, args.threads)
+                    else:
+                        r = measure_peer(label, directory, context, args.new_tokens, args.threads)
+                        r["peer"] = label
             except (PeerError, RuntimeError, ValueError) as exc:
                 console.print(f"[red]{label} at {context} failed:[/] {exc}")
                 continue
@@ -272,35 +318,67 @@ def main() -> int:
                           f"KV {r['kv_bytes'] / 2**20:.1f} MiB, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
             results.append(r)
     stream, commands = None, []
-    if args.merge and (WORK / "results.json").exists():
-        previous = json.loads((WORK / "results.json").read_text())
-        results = [r for r in previous["results"] if r["context"] not in args.contexts] + results
+    if args.merge and saved.exists():
+        previous = json.loads(saved.read_text())
+        measured = {(r["peer"], r["context"]) for r in results}
+        results = [r for r in previous["results"] if (r["peer"], r["context"]) not in measured] + results
         stream = previous.get("stream")
         commands = previous.get("commands", [])
-        args.contexts = sorted({r["context"] for r in results})
+    contexts = sorted({r["context"] for r in results})
     if args.stream_tokens:
         console.print(f"streaming-only model, {args.stream_tokens} tokens …")
-        stream = measure_streaming_memory(paths["streaming"], args.stream_tokens, args.threads)
+        with busy_core(args.busy_core):
+            stream = measure_streaming_memory(paths["streaming"], args.stream_tokens, args.threads)
     commands.append("python bench/decode_check.py " + " ".join(sys.argv[1:]))
-    (WORK / "results.json").write_text(json.dumps({"results": results, "stream": stream, "commands": commands}))
-    table, targets = report(results, stream, args.contexts)
+    saved.write_text(json.dumps({"results": results, "stream": stream, "commands": commands,
+                                 "machine": machine(), "threads": args.threads, "new_tokens": args.new_tokens}))
+    table, targets = report(results, stream, contexts)
     targets += int8_accuracy(paths)
     console.print(table)
     console.print("\n".join(targets))
     if args.no_write:
         return 0
-    plot(results, args.contexts)
-    body = (f"### Decoding with a per-head KV cache\n\n{machine()}; {args.threads} threads; "
-            f"{args.new_tokens} new tokens per run (greedy); prefill = time to the first token. "
-            f"Headwise variants keep sink {SINK} + recent {RECENT} tokens in their streaming heads. "
-            "Each row is one fresh process; runtimes alternate within each context.\n\n"
-            f"{table}\n\n" + "\n".join(targets) +
-            "\n\n![KV bytes and per-token latency against context](decode_check.png)\n\n"
-            + ("Commands, in order (a later one re-measured the contexts it names): "
-               if len(commands) > 1 else "Command: ")
-            + ", ".join(f"`.venv/bin/{c}`" for c in commands))
-    write_section("decode_check", body)
+    if run == "init0.3":
+        plot(results, contexts)
+    write_section("decode_check", render_runs())
     return 0
+
+
+def render_runs() -> str:
+    """The RESULTS.md section: one table per saved run (model x busy core), each with the
+    machine and the commands that measured it."""
+    parts = [f"### Decoding with a per-head KV cache\n\nGreedy decoding; prefill = time to the first token. "
+             f"Headwise variants keep sink {SINK} + recent {RECENT} tokens in their streaming heads. Each row "
+             "is one fresh process; runtimes alternate within each context. Per-token ratios above 1 mean "
+             "edgert is faster; so do prefill ratios."]
+    for run, title in RUN_TITLES.items():
+        path = WORK / f"results-{run}.json"
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        paths = {label: p for label, p in _variant_paths(run).items() if p.exists()}
+        table, targets = report(saved["results"], saved.get("stream"), sorted({r["context"] for r in saved["results"]}))
+        targets += int8_accuracy(paths)
+        commands = saved.get("commands", [])
+        parts.append(f"#### {title}\n\n{saved.get('machine', '')}; {saved.get('threads', 2)} threads; "
+                     f"{saved.get('new_tokens', 32)} new tokens per run.\n\n{table}\n\n" + "\n".join(targets)
+                     + ("\n\n![KV bytes and per-token latency against context](decode_check.png)" if run == "init0.3" else "")
+                     + "\n\n" + ("Commands, in order (a later one re-measured the rows it names): "
+                                  if len(commands) > 1 else "Command: ")
+                     + ", ".join(f"`.venv/bin/{c}`" for c in commands))
+    return "\n\n".join(parts)
+
+
+def _variant_paths(run: str) -> dict[str, Path]:
+    """Where build_edgert_models put the INT8 variants of a run's model (for their accuracy lines)."""
+    model = run.removesuffix("-busy")
+    prefix = "edgert" if model == "init0.3" else f"edgert-{model}"
+    paths = {}
+    for label, (retrieval, guard) in EDGERT_VARIANTS.items():
+        name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
+        paths[label] = (WORK / f"{prefix}-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx" if guard
+                        else WORK / f"{prefix}-{name}.onnx")
+    return paths
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ seed, so every runtime and every run sees the same weights) saved as a Hugging F
 with a 32000-word fast tokenizer, which ONNX Runtime GenAI's model builder insists on.
 
     reference_model_dir(root)  # hidden 512, 8 layers, 8 q / 2 kv heads, ~55M parameters
+    model_dir(REFERENCE_SMALL_INIT, root)  # the same with initializer_range 0.02
     tiny_model_dir(root)       # hidden 64, 2 layers, for smoke runs
 
 Both are created once under `root` (atomically: written into a temporary folder, then
@@ -14,6 +15,7 @@ child process that creates a model (`python bench/decode_model.py SPEC_JSON FOLD
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,6 +60,9 @@ class DecoderSpec:
 
 REFERENCE = DecoderSpec("llama-ref", hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
                         num_key_value_heads=2, head_dim=64, intermediate_size=1408, vocab_size=32000)
+# The same shape with transformers' default initializer_range: activations stay in the normal
+# float range, where the 0.3 model reaches denormals (both regimes stay visible in the bench).
+REFERENCE_SMALL_INIT = dataclasses.replace(REFERENCE, name="llama-ref-init002", initializer_range=0.02)
 TINY = DecoderSpec("llama-tiny", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=16, intermediate_size=176, vocab_size=512)
 

@@ -48,7 +48,11 @@ GENAI_READY = GENAI_VENV / ".installed"
 GENAI_REQUIREMENTS = ["onnxruntime-genai==0.18.0", "onnx-ir", "onnxscript", "transformers",
                       "torch==2.13.0"]
 GENAI_PRECISIONS = ("fp32", "int4")
-PEERS = ("ort-genai-fp32", "ort-genai-int4", "transformers")
+# GenAI peers: label -> (precision, denormals flushed to zero). GenAI ships with denormals kept
+# (ONNX Runtime's default); "-ftz" sets session.set_denormal_as_zero as edgert does by default.
+GENAI_PEERS = {"ort-genai-fp32": ("fp32", False), "ort-genai-fp32-ftz": ("fp32", True),
+               "ort-genai-int4": ("int4", False)}
+PEERS = (*GENAI_PEERS, "transformers")
 PROMPT_SEED = 0
 FIRST_ORDINARY_ID = 3  # ids 0-2 are <unk>, <s>, </s> in bench/decode_model.py's tokenizer
 # A short untimed generation first, so one-time costs (thread pools, lazy kernel set-up) do
@@ -176,7 +180,7 @@ def measure_peer(peer: str, model_dir: Path, context: int, new_tokens: int, thre
     if peer == "transformers":
         python, path = _transformers_python(), model_dir
     else:
-        precision = peer.rsplit("-", 1)[1]
+        precision = GENAI_PEERS[peer][0]
         path = build_genai_model(model_dir, genai_model_dir(model_dir, precision), precision)
         python = ensure_genai_venv()
         if python is None:
@@ -184,6 +188,7 @@ def measure_peer(peer: str, model_dir: Path, context: int, new_tokens: int, thre
     eos = config["eos_token_id"]
     job = {"peer": peer, "model": str(path), "prompt": prompt_ids(context, config["vocab_size"]),
            "new_tokens": new_tokens, "threads": threads, "spin": spin,
+           "denormal_as_zero": GENAI_PEERS.get(peer, (None, False))[1],
            "suppress_ids": eos if isinstance(eos, list) else [eos]}
     result = subprocess.run([str(python), str(Path(__file__).resolve()), "--child"],
                             input=json.dumps(job), check=False, capture_output=True, text=True,
@@ -264,7 +269,8 @@ def _child_genai(job: dict) -> dict:
     # without rewriting the cached model.
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
         "intra_op_num_threads": job["threads"],
-        "session.intra_op.allow_spinning": "1" if job["spin"] else "0"}}}}))
+        "session.intra_op.allow_spinning": "1" if job["spin"] else "0",
+        "session.set_denormal_as_zero": "1" if job.get("denormal_as_zero") else "0"}}}}))
     model = og.Model(config)
     load_s = time.perf_counter() - start
 

@@ -5,7 +5,9 @@ The peak is the last prefill chunk: `chunk` new tokens attend to the whole promp
 (ONNX Runtime runs them one after the other) the graph's chunk branch (models/attention.py)
 holds the scores [batch, query heads, chunk, keys] float32 three times (the product of
 queries and keys, its masked copy and the softmax probabilities; a tensor is freed only after
-its last reader) and the keys and values concatenated with the new ones. Across the step it
+its last reader) and the keys and values concatenated with the new ones; a graph whose
+prefill attention is fused (GroupQueryAttention, the ONNX Runtime CPU export) holds no scores,
+only the keys and values it copies into its present outputs. Across the step it
 holds the additive masks [batch, 1, chunk, keys] (the expanded past mask and its
 concatenation with the new tokens' one), the hidden states and MLP activations, every
 layer's new keys and values and the logits. ONNX Runtime's CPU arena keeps what a run took
@@ -55,9 +57,10 @@ class DecoderShape:
     streaming_queries: tuple[int, ...]
     hidden: int
     vocab: int
+    fused: bool = False  # prefill attention fused (GroupQueryAttention): no score matrices
 
     @classmethod
-    def from_plan(cls, layout: CacheLayout, plan: HeadPlan | None, vocab: int) -> DecoderShape:
+    def from_plan(cls, layout: CacheLayout, plan: HeadPlan | None, vocab: int, *, fused: bool = False) -> DecoderShape:
         """The shape of a decoder whose manifest holds `plan` (kv heads ordered retrieval
         first, as export writes it). Without a usable plan every kv head is taken to serve one
         query head and the hidden size to be the largest layer's heads x head_dim (floors)."""
@@ -65,11 +68,11 @@ class DecoderShape:
         if plan is None or plan.head_dim is None or len(layers) != layout.num_layers or any(
                 layer.num_kv_heads != r + s for layer, r, s in zip(layers, layout.retrieval, layout.streaming)):
             heads = [r + s for r, s in zip(layout.retrieval, layout.streaming)]
-            return cls(layout, layout.retrieval, layout.streaming, max(heads) * layout.head_dim, vocab)
+            return cls(layout, layout.retrieval, layout.streaming, max(heads) * layout.head_dim, vocab, fused)
         retrieval = tuple(sum(1 for kv in layer.kv_heads if kv < r) for layer, r in zip(layers, layout.retrieval))
         streaming = tuple(len(layer.kv_heads) - q for layer, q in zip(layers, retrieval))
         hidden = max(layer.num_heads for layer in layers) * plan.head_dim
-        return cls(layout, retrieval, streaming, hidden, vocab)
+        return cls(layout, retrieval, streaming, hidden, vocab, fused)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ def generation_memory(shape: DecoderShape, *, batch: int, prompt_tokens: int, ca
     layout, d = shape.layout, shape.layout.head_dim
     chunk = min(chunk, prompt_tokens)
     window = layout.window + chunk  # keys a streaming head reads: its window and the new tokens
+    scored = 0 if shape.fused else 1  # a fused graph never writes the scores (a layer left unfused is rare)
     per_layer = max(
-        SCORE_COPIES * FLOAT * batch * chunk * (q_r * prompt_tokens + q_s * window)
+        scored * SCORE_COPIES * FLOAT * batch * chunk * (q_r * prompt_tokens + q_s * window)
         + 2 * FLOAT * batch * d * (r * prompt_tokens + s * window)  # keys and values concatenated
         for q_r, q_s, r, s in zip(shape.retrieval_queries, shape.streaming_queries,
                                   layout.retrieval, layout.streaming))

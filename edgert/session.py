@@ -64,12 +64,18 @@ ORT_LOG_SEVERITY = 4
 HIDDEN_STATES_HELD = 2
 # ONNX Runtime graph optimizers that edgert's sessions turn off, by name. SkipLayerNormFusion
 # rewrites each residual Add + LayerNormalization into com.microsoft.SkipLayerNormalization,
-# whose CPU kernel (ONNX Runtime 1.32, measured on a Xeon with AVX-512/AMX, 2 threads) is ~5x
-# slower than the ops it replaces: 221 vs 43 us on a [1, 128, 384] tensor. Without it MiniLM
-# (sequence 128, batch 1) runs 1.10x faster in FP32 and 1.29x in dynamic INT8. edgert export
-# leaves those ops unfused for the same reason.
+# whose CPU kernel (ONNX Runtime 1.32, Xeon with AVX-512/AMX, 2 threads) is 3.2x slower than
+# the ops it replaces on a [1, 128, 384] tensor; without it MiniLM (sequence 128, batch 1) runs
+# 1.04x faster in FP32 and 1.13x in dynamic INT8 (bench/skip_layernorm_check.py, its section of
+# bench/RESULTS.md). edgert export leaves those ops unfused for the same reason.
 ORT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 _ORT_DISABLED_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"  # ';'-separated names
+# Flush-to-zero and denormals-are-zero in ONNX Runtime's threads. Decoders reach the float32
+# denormal range (softmax over score gaps beyond ~87, tiny activations), where x86 arithmetic
+# runs many times slower; only values below ~1.2e-38 change. ONNX Runtime applies the setting to
+# its pool threads per session, but to the calling thread only from the first session a process
+# creates (and that thread's numpy then flushes denormals too).
+_ORT_DENORMAL_AS_ZERO_KEY = "session.set_denormal_as_zero"
 _ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 Dim = int | str | None  # static size, symbolic name, or unnamed dynamic
@@ -124,17 +130,22 @@ def quiet_onnxruntime() -> None:
     ort.set_default_logger_severity(ORT_LOG_SEVERITY)
 
 
-def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, *, spin: bool = True,
+                    denormal_as_zero: bool = True) -> ort.SessionOptions:
     """ONNX Runtime options: `threads` intra-op threads (None: ONNX Runtime's default);
-    spin=False stops idle intra-op threads from busy-waiting (fairer when sessions alternate).
-    The graph optimizers in ORT_DISABLED_OPTIMIZERS are off, and ONNX Runtime's C++ log is
-    silenced (its errors still raise)."""
+    spin=False stops idle intra-op threads from busy-waiting (fairer when sessions alternate);
+    denormal_as_zero=False keeps float32 denormals (ONNX Runtime's default; edgert flushes them
+    to zero, which is many times faster where a model reaches them). The graph optimizers in
+    ORT_DISABLED_OPTIMIZERS are off, and ONNX Runtime's C++ log is silenced (its errors still raise)."""
     threads = check_threads(threads)
-    if not isinstance(spin, bool):
-        raise OptionError(f"spin must be True or False, got {_shown_value(spin)}")
+    for name, value in (("spin", spin), ("denormal_as_zero", denormal_as_zero)):
+        if not isinstance(value, bool):
+            raise OptionError(f"{name} must be True or False, got {_shown_value(value)}")
     options = ort.SessionOptions()
     options.log_severity_level = ORT_LOG_SEVERITY
     options.add_session_config_entry(_ORT_DISABLED_OPTIMIZERS_KEY, ";".join(ORT_DISABLED_OPTIMIZERS))
+    if denormal_as_zero:
+        options.add_session_config_entry(_ORT_DENORMAL_AS_ZERO_KEY, "1")
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
@@ -458,12 +469,13 @@ def _as_array(name: str, value: object) -> np.ndarray:
 
 
 def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None, *,
-         strict: bool = False) -> Session:
+         strict: bool = False, options: ort.SessionOptions | None = None) -> Session:
     """Load an ONNX model for inference.
 
     device: cpu, cuda, tensorrt or auto (the fastest available). An unavailable device
     falls back to cpu with a warning, or raises DeviceUnavailableError when `strict`.
     threads: intra-op threads, 1 to 2 per core this process may use; None keeps ONNX
-    Runtime's default (one per physical core).
+    Runtime's default (one per physical core). options: ONNX Runtime options instead of
+    threads, e.g. session_options(2, denormal_as_zero=False) to keep float32 denormals.
     """
-    return Session(path, device=device, threads=threads, strict=strict)
+    return Session(path, device=device, threads=threads, strict=strict, options=options)

@@ -24,10 +24,24 @@ OP_VERSION = 1
 CLIPPED_SOFTMAX = "ClippedSoftmax"  # not a standard ONNX op name: TensorRT looks up built-ins by name only
 
 
+# ONNX Runtime's contrib ops that edgert's ONNX Runtime CPU target emits, by (domain, name). onnx
+# itself has no schemas for them; onnxscript needs one to build a node.
+MICROSOFT_DOMAIN = "com.microsoft"
+GROUP_QUERY_ATTENTION = "GroupQueryAttention"
+# GroupQueryAttention's inputs in ONNX Runtime 1.32's order (all but query optional in the
+# schema; ONNX Runtime itself requires seqlens_k and total_sequence_length).
+_GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length",
+               "cos_cache", "sin_cache", "position_ids", "attention_bias", "head_sink", "k_scale", "v_scale",
+               "q_norm_weight", "k_norm_weight", "query_seqlens")
+
+
 def register_schemas() -> None:
-    """Register the edgert ops with onnx so onnxscript and the checker know their signatures."""
+    """Register the edgert ops, and the ONNX Runtime contrib op the CPU target emits, with onnx
+    so onnxscript and the checker know their signatures."""
     if onnx.defs.has(CLIPPED_SOFTMAX, DOMAIN):
         return
+    if not onnx.defs.has(GROUP_QUERY_ATTENTION, MICROSOFT_DOMAIN):
+        onnx.defs.register_schema(_group_query_attention_schema())
     for schema in vision_ops.schemas(DOMAIN, OP_VERSION):
         onnx.defs.register_schema(schema)
     float_attr = OpSchema.AttrType.FLOAT
@@ -41,6 +55,26 @@ def register_schemas() -> None:
                     OpSchema.Attribute("zeta", float_attr, "upper stretch, >= 1"),
                     OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace")],
     ))
+
+
+def _group_query_attention_schema() -> OpSchema:
+    """What edgert uses of com.microsoft.GroupQueryAttention (ONNX Runtime's contrib op)."""
+    optional = OpSchema.FormalParameterOption.Optional
+    tensor = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    inputs = [OpSchema.FormalParameter(name, "M" if name in ("seqlens_k", "total_sequence_length", "query_seqlens",
+                                                             "position_ids") else "T", param_option=optional)
+              for name in _GQA_INPUTS]
+    # output_qk is left out: naming it would turn off the tiled kernel (and onnxscript's tracer
+    # gives a node one output per schema output).
+    outputs = [OpSchema.FormalParameter(name, "T", param_option=optional)
+               for name in ("output", "present_key", "present_value")]
+    return OpSchema(GROUP_QUERY_ATTENTION, MICROSOFT_DOMAIN, 1,
+                    doc="ONNX Runtime's grouped-query attention over a BNSH KV cache (contrib op)",
+                    inputs=inputs, outputs=outputs,
+                    type_constraints=[("T", tensor, ""), ("M", ["tensor(int32)", "tensor(int64)"], "")],
+                    attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
+                                OpSchema.Attribute("kv_num_heads", OpSchema.AttrType.INT, "key/value heads"),
+                                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "score scale")])
 
 
 def translation_table() -> dict[object, Callable]:
@@ -72,7 +106,43 @@ def translation_table() -> dict[object, Callable]:
 
     return {torch.ops.edgert.clipped_softmax.default: clipped_softmax,
             torch.ops.edgert.cascaded_group_attention.default: cascaded_group_attention,
-            torch.ops.edgert.single_head_attention.default: single_head_attention}
+            torch.ops.edgert.single_head_attention.default: single_head_attention,
+            torch.ops.edgert.prefill_attention.default: prefill_attention_for_ort_cpu}
+
+
+def prefill_attention_for_ort_cpu(q, k_new, v_new, k_past, v_past, bias, scale: float):
+    """edgert::prefill_attention as ONNX Runtime's com.microsoft.GroupQueryAttention (CPU), whose
+    fp32 path for a chunk over a cache is tiled with an online softmax: the score matrix is never
+    written. The op is causal in cache coordinates (query i of S sees keys up to P + i), which is
+    what the bias allows at most; the bias masks the rest (empty slots, left padding, windows).
+    Its present_key/value outputs are requested because the tiled path runs only with them;
+    query_seqlens lets a batch of several rows prefill over a cache (ONNX Runtime >= 1.32).
+
+    Not an edgert-domain op with a function body: only ONNX Runtime runs this node, so the export
+    emits it for the onnxruntime-cpu target only (models/attention.py); the portable graph
+    keeps the reference arithmetic."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Opset
+
+    register_schemas()
+    microsoft = Opset(MICROSOFT_DOMAIN, 1)
+    heads, kv = q.shape[1], k_new.shape[1]
+    to_bsh = op.Constant(value_ints=[0, 0, -1])
+
+    def bsh(x):  # [B, N, S, d] -> [B, S, N * d]
+        return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), to_bsh)
+
+    batch = op.Shape(q, start=0, end=1)
+    seq = op.Shape(q, start=2, end=3)
+    total = op.Add(op.Shape(k_past, start=2, end=3), seq)
+    seqlens_k = op.Cast(op.Expand(op.Sub(total, op.Constant(value_ints=[1])), batch), to=6)  # int32 [B]
+    total_length = op.Cast(op.Squeeze(total), to=6)  # int32 scalar
+    query_seqlens = op.Cast(op.Expand(seq, batch), to=6)
+    out, _, _ = microsoft.GroupQueryAttention(
+        bsh(q), bsh(k_new), bsh(v_new), k_past, v_past, seqlens_k, total_length, None, None, None, bias,
+        None, None, None, None, None, query_seqlens, num_heads=heads, kv_num_heads=kv, scale=scale)
+    return op.Transpose(op.Reshape(out, op.Concat(batch, seq, op.Constant(value_ints=[heads, -1]), axis=0)),
+                        perm=[0, 2, 1, 3])
 
 
 def clipped_softmax_function(opset: int):

@@ -20,11 +20,12 @@ from edgert.errors import OptionError
 from edgert.exporters.heads import Transform, apply_transform, read_gates
 from edgert.exporters.hf_loading import load_config, load_pretrained, read_tokenizer
 from edgert.exporters.importance import next_token_loss
+from edgert.exporters.optimize import ORT_CPU, Optimization
 from edgert.exporters.recipe import Prepared, Step, TextOptions
 from edgert.exporters.text_calibration import TorchInputs, calibration_samples
 from edgert.kv_cache import (ATTENTION_MASK, INPUT_IDS, PAST_MASK, POSITION_IDS, WINDOW_POSITIONS,
                              CacheLayout)
-from edgert.models.adapters import model_shape
+from edgert.models.adapters import head_attentions, model_shape
 from edgert.models.decoder import DecoderStep, order_for_cache
 from edgert.models.sources import ModelSource
 from edgert.plan import HeadPlan, Manifest
@@ -93,8 +94,7 @@ def prepare(source: ModelSource, task: str | None, options: TextOptions, step: S
         text={"max_length": decoder.max_length, "vocab_size": decoder.vocab_size}
         if decoder.tokenizer_json else None,
         plan=plan,
-        extra={"model_type": decoder.model_type, "notes": decoder.notes,
-               "optimization_note": "no ONNX Runtime fusions for decoders: a portable graph"},
+        extra={"model_type": decoder.model_type, "notes": decoder.notes},
         decoder={"cache": layout.to_dict(), "max_length": decoder.max_length,
                  "vocab_size": decoder.vocab_size, **decoder.special_tokens},
     )
@@ -103,7 +103,21 @@ def prepare(source: ModelSource, task: str | None, options: TextOptions, step: S
     checks = [step_inputs(layout, decoder.vocab_size, batch=b, seq=s, past=c, seed=b + s)
               for b, s, c in ((1, 1, 7), (3, 4, 2), (2, 6, 9))]
     return Prepared(module, input_names, output_names, dynamic, trace, checks, manifest,
-                    decoder.tokenizer_json)
+                    decoder.tokenizer_json, fuse_before_trace=lambda: fuse_prefill_attention(decoder.model))
+
+
+def fuse_prefill_attention(model) -> Optimization:
+    """Have every layer that can run its prefill chunks' attention as edgert::prefill_attention
+    (exported as com.microsoft.GroupQueryAttention); the one-token decode step keeps its own
+    arithmetic. Returns the Optimization for the manifest (fusions are counted in the graph)."""
+    attentions = head_attentions(model)
+    fused = [a for a in attentions if a.fused_prefill_applies]
+    for attention in fused:
+        attention.fused_prefill = True
+    left = len(attentions) - len(fused)
+    note = (f"prefill attention of {left} of {len(attentions)} layers left unfused (clipped softmax or "
+            "query heads in uneven groups)") if left else None
+    return Optimization(ORT_CPU, {"GroupQueryAttention": 0}, note)
 
 
 def _transform_heads(decoder: LoadedDecoder, source: ModelSource, options: TextOptions,

@@ -23,7 +23,7 @@ import edgert
 from edgert._io import DISK_FULL, atomic_output, check_output_path
 from edgert.errors import EdgertError, OptionError, first_line
 from edgert.exporters.custom_ops import OVERLOAD_IR_VERSION, attach_functions, translation_table
-from edgert.exporters.optimize import Optimization, optimize_for_ort_cpu
+from edgert.exporters.optimize import Optimization, count_ops, optimize_for_ort_cpu
 from edgert.exporters.recipe import Step, TextOptions, VisionOptions, options_for, recipe_for
 from edgert.models.sources import ModelSource, resolve_source
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
@@ -99,13 +99,18 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     prepared = recipe_for(model_source.kind).prepare(model_source, task, options, step)
     manifest = prepared.manifest
     manifest.opset = opset
+    optimization = Optimization()
+    if optimize and prepared.fuse_before_trace:
+        step("optimize")
+        optimization = prepared.fuse_before_trace()
 
     with atomic_output(output) as tmp:
         step("trace")
         _torch_export(prepared, opset, tmp)
         graph = _load_and_pin(tmp)
         manifest.extra["custom_ops"] = sorted({n.op_type for n in graph.graph.node if n.domain == "edgert"})
-        optimization = Optimization()
+        if optimization.target:
+            optimization.fusions = count_ops(graph, optimization.fusions)
         if optimize and prepared.ort_cpu_fusions:
             step("optimize")
             graph, optimization = optimize_for_ort_cpu(graph)

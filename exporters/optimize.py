@@ -68,6 +68,22 @@ def optimize_for_ort_cpu(model):
     return fused, Optimization(ORT_CPU, fusions, note)
 
 
+def count_ops(model, op_types) -> dict[str, int]:
+    """How many nodes of each of `op_types` `model` holds, subgraphs (If branches) included."""
+    counts = dict.fromkeys(op_types, 0)
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type in counts:
+                counts[node.op_type] += 1
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs):
+                    walk(sub)
+
+    walk(model.graph)
+    return counts
+
+
 def _unfused(model, reason: str):
     warnings.warn(f"graph not optimized for ONNX Runtime CPU: {reason}; exporting it unfused",
                   stacklevel=3)

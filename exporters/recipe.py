@@ -28,6 +28,7 @@ import numpy as np
 
 from edgert._io import path_argument
 from edgert.errors import CalibrationError, CheckpointError, OptionError
+from edgert.exporters.optimize import Optimization
 from edgert.models.sources import ModelSource
 from edgert.models.vision_configs import VARIANTS, check_resolution
 from edgert.plan import Manifest
@@ -101,6 +102,9 @@ class Prepared:
     manifest: Manifest
     tokenizer_json: str | None = None
     ort_cpu_fusions: bool = False  # whether exporters/optimize.py's fusions apply
+    # Switches the module to ONNX Runtime CPU's fused ops before tracing (where the fusion is
+    # chosen in torch, not found in the graph afterwards); returns what it did.
+    fuse_before_trace: Callable[[], Optimization] | None = None
     reference: object = None  # the module to validate against, if not `module` (e.g. before BN folding)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgert.models.ops import clipped_softmax
+from edgert.models.ops import clipped_softmax, prefill_attention
 from edgert.plan import LayerPlan
 
 
@@ -48,6 +48,9 @@ class LayerCache:
     streaming_bias: torch.Tensor | None = None
     new_key: torch.Tensor | None = None  # set by the attention: [B, kv, S, d], RoPE applied
     new_value: torch.Tensor | None = None
+    # bool scalar: no left padding among the new tokens and every retrieval slot filled, so a
+    # fused prefill chunk over the retrieval heads needs no bias (causal in cache coordinates)
+    unpadded: torch.Tensor | None = None
 
 
 class HeadAttention(nn.Module):
@@ -81,6 +84,17 @@ class HeadAttention(nn.Module):
             self.gate_weight = self.gate_bias = None
         # Set to a [kept] tensor of ones with requires_grad to score heads (Michel et al. 2019).
         self.head_mask: torch.Tensor | None = None
+        # Set by the decoder export for ONNX Runtime CPU: prefill chunks attend through
+        # edgert::prefill_attention (one fused node) where fused_prefill_applies says it can.
+        self.fused_prefill = False
+
+    @property
+    def fused_prefill_applies(self) -> bool:
+        """Whether prefill chunks can run as edgert::prefill_attention: a standard softmax, and
+        query heads in even contiguous groups per kv head (a pruned plan may leave them uneven)."""
+        kv = self.num_kv_heads
+        return (self.softmax_kind == "standard" and kv > 0 and self.num_heads % kv == 0
+                and self.kv_heads == [h // (self.num_heads // kv) for h in range(self.num_heads)])
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -138,7 +152,8 @@ class HeadAttention(nn.Module):
         if split:
             parts.append(self._attend_part(q[:, :split], self.kv_heads[:split], k[:, :r], v[:, :r],
                                            cache.retrieval_key, cache.retrieval_value,
-                                           cache.retrieval_bias, cache.causal_bias, past_per_query=False))
+                                           cache.retrieval_bias, cache.causal_bias, past_per_query=False,
+                                           unpadded=cache.unpadded))
         if split < self.num_heads:
             parts.append(self._attend_part(q[:, split:], [kv - r for kv in self.kv_heads[split:]], k[:, r:], v[:, r:],
                                            cache.streaming_key, cache.streaming_value,
@@ -146,7 +161,7 @@ class HeadAttention(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _attend_part(self, q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias,
-                     past_per_query: bool):
+                     past_per_query: bool, unpadded: torch.Tensor | None = None):
         """Softmax over [past, new] keys of one group of kv heads; past_bias has one row for
         all queries, or one per query when past_per_query. Returns [B, heads, S, d].
 
@@ -158,13 +173,15 @@ class HeadAttention(nn.Module):
         graph): one token concatenates the scores of past and new keys, which are small,
         because concatenating the keys would copy the whole cache every step; a prefill chunk
         concatenates the keys instead, which are small next to its [g*S, past] scores, so the
-        big score matrix is written once and read by one softmax (measured in the README)."""
-        batch, heads, seq, d = q.shape
+        big score matrix is written once and read by one softmax. With `fused_prefill` (the
+        ONNX Runtime CPU export) a chunk runs as one edgert::prefill_attention node instead,
+        without a bias when `unpadded` says the mask is plain causal (a second If)."""
+        heads, d = q.shape[1], q.shape[3]
         kv = k_new.shape[1]
         group = heads // kv if kv else 0
-        if kv and heads == group * kv and kv_index == [h // group for h in range(heads)]:
-            q = q.reshape(batch, kv, group * seq, d)
-        else:  # uneven groups (a pruned plan): one row block per query head
+        even = bool(kv) and heads == group * kv and kv_index == [h // group for h in range(heads)]
+        fused = self.fused_prefill and even and self.softmax_kind == "standard"
+        if not even:  # uneven groups (a pruned plan): one row block per query head
             group = 1
             kv_index = torch.tensor(kv_index, dtype=torch.long)
             k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
@@ -172,25 +189,50 @@ class HeadAttention(nn.Module):
         q = q * d**-0.5
         softmax = self._softmax
 
+        # Every branch takes q as [B, heads, S, d] and returns that shape (torch.cond needs
+        # equal shapes); the grouped form [B, kv, g*S, d] is made inside.
+        def grouped(q):
+            return q.reshape(q.shape[0], q.shape[1] // group, group * q.shape[2], q.shape[3])
+
         def biased(scores, bias):  # [B, kv, g*S, K] + bias [B, 1, S, K], one bias row per query
             b, k, rows, keys = scores.shape
             s = bias.shape[2]
             return (scores.view(b, k, rows // s, s, keys) + bias.unsqueeze(2)).view(b, k, rows, keys)
 
+        def full_bias(past_bias, new_bias):  # [B, 1, S, P + S]
+            if not past_per_query:
+                past_bias = past_bias.expand(-1, -1, new_bias.shape[2], -1)
+            return torch.cat([past_bias, new_bias], dim=-1)
+
         def one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            past = torch.matmul(q, k_past.transpose(2, 3))
+            rows = grouped(q)
+            past = torch.matmul(rows, k_past.transpose(2, 3))
             past = biased(past, past_bias) if past_per_query else past + past_bias
-            probs = softmax(torch.cat([past, biased(torch.matmul(q, k_new.transpose(2, 3)), new_bias)], dim=-1))
+            probs = softmax(torch.cat([past, biased(torch.matmul(rows, k_new.transpose(2, 3)), new_bias)], dim=-1))
             split = k_past.shape[2]
-            return torch.matmul(probs[..., :split], v_past) + torch.matmul(probs[..., split:], v_new)
+            context = torch.matmul(probs[..., :split], v_past) + torch.matmul(probs[..., split:], v_new)
+            return context.reshape(q.shape)
 
         def chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
             keys, values = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
-            if not past_per_query:
-                past_bias = past_bias.expand(-1, -1, new_bias.shape[2], -1)
-            scores = biased(torch.matmul(q, keys.transpose(2, 3)), torch.cat([past_bias, new_bias], dim=-1))
-            return torch.matmul(softmax(scores), values)
+            scores = biased(torch.matmul(grouped(q), keys.transpose(2, 3)), full_bias(past_bias, new_bias))
+            return torch.matmul(softmax(scores), values).reshape(q.shape)
 
-        context = torch.cond(k_new.shape[2] == 1, one_token, chunk,
-                             (q, k_new, v_new, k_past, v_past, past_bias, new_bias))
-        return context.view(batch, heads, seq, d)
+        def fused_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+            return prefill_attention(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias), 1.0)
+
+        def causal_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+            return prefill_attention(q, k_new, v_new, k_past, v_past, None, 1.0)
+
+        def fused_either(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
+            # Without padding the retrieval heads' mask is plain causal, which the fused op
+            # applies itself: no [S, P + S] bias is built, and its kernel runs faster without one.
+            return torch.cond(unpadded, causal_chunk, fused_chunk, (q, k_new, v_new, k_past, v_past, past_bias, new_bias))
+
+        def one_token_of_eight(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
+            return one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias)
+
+        operands = (q, k_new, v_new, k_past, v_past, past_bias, new_bias)
+        if fused and unpadded is not None and not past_per_query:
+            return torch.cond(k_new.shape[2] == 1, one_token_of_eight, fused_either, (*operands, unpadded))
+        return torch.cond(k_new.shape[2] == 1, one_token, fused_chunk if fused else chunk, operands)

@@ -106,12 +106,14 @@ class DecoderStep(nn.Module):
             slot_pos = named["window_positions"].unsqueeze(1)  # [B, 1, W]
             seen = (slot_pos >= 0) & ((slot_pos < sink) | (query_pos - slot_pos <= recent))
             streaming_bias = _bias(seen).unsqueeze(1)  # [B, 1, S, W]
+        unpadded = token_mask.min() > 0
         if any(self.layout.retrieval):
             retrieval_bias = _bias(named["past_mask"].bool()).view(ids.shape[0], 1, 1, -1)
+            unpadded = unpadded & (named["past_mask"].min() > 0)
         outputs = []
         for i, (layer, attention) in enumerate(zip(base.layers, self.attentions)):
             r, s = self.layout.retrieval[i], self.layout.streaming[i]
-            cache = LayerCache(r, causal_bias, window_bias)
+            cache = LayerCache(r, causal_bias, window_bias, unpadded=unpadded)
             if r:
                 cache.retrieval_key = named[f"past.{i}.retrieval.key"]
                 cache.retrieval_value = named[f"past.{i}.retrieval.value"]

@@ -112,3 +112,41 @@ def single_head_attention(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias:
 @single_head_attention.register_fake
 def _single_head_attention_fake(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim, qk_dim, scale, eps):
     return torch.empty_like(x)
+
+
+def prefill_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_past: torch.Tensor,
+                                v_past: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Grouped-query attention of S new tokens over a cache and themselves.
+
+    q [B, H, S, d] with query heads grouped by the kv head they read (head h reads kv head
+    h // (H / kv)); k_new, v_new [B, kv, S, d]; k_past, v_past [B, kv, P, d]. bias [B, 1, S, P + S]
+    is additive (0 or a large negative: which past and new keys each query may see); None means
+    causal in cache coordinates (new token i sees every past slot and new tokens 0..i). Returns
+    softmax(scale * q k^T + bias) v over the P + S keys: [B, H, S, d]. The g = H / kv query heads
+    of a kv head are stacked as g * S rows of one matmul, so each key is read once.
+    """
+    batch, heads, seq, d = q.shape
+    kv, past = k_new.shape[1], k_past.shape[2]
+    group = heads // kv
+    if bias is None:
+        keys = torch.arange(past + seq)
+        allowed = keys.view(1, -1) <= past + torch.arange(seq).view(-1, 1)
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min).view(1, 1, seq, -1)
+    keys, values = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
+    scores = torch.matmul(q.reshape(batch, kv, group * seq, d) * scale, keys.transpose(2, 3))
+    scores = (scores.view(batch, kv, group, seq, -1) + bias.unsqueeze(2)).view(batch, kv, group * seq, -1)
+    return torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, heads, seq, d)
+
+
+@torch.library.custom_op("edgert::prefill_attention", mutates_args=())
+def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_past: torch.Tensor,
+                      v_past: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """prefill_attention_reference as one opaque op: exported for ONNX Runtime CPU as
+    com.microsoft.GroupQueryAttention (exporters/custom_ops.py), whose tiled kernel never
+    writes the [S, P + S] score matrix."""
+    return prefill_attention_reference(q, k_new, v_new, k_past, v_past, bias, scale)
+
+
+@prefill_attention.register_fake
+def _prefill_attention_fake(q, k_new, v_new, k_past, v_past, bias, scale):
+    return q.new_empty(q.shape)  # contiguous, as the reference returns it (q may be a transposed view)

@@ -46,3 +46,18 @@ def test_check_fits_counts_what_the_process_will_reuse(monkeypatch):
     check_fits(needed, "batch 2", reusable=2**20)  # e.g. the last generation's cache, freed first
     monkeypatch.setattr("edgert.decode_memory.available_memory_bytes", lambda: None)
     check_fits(needed, "batch 2")  # no /proc/meminfo: nothing to check against
+
+
+def test_a_fused_graph_holds_no_scores():
+    """Prefill attention fused into GroupQueryAttention writes no [heads, chunk, keys] scores: at
+    32k tokens its working set is a fraction of the materialising graph's, and chunks of 2048
+    fit where the scores of 512-token chunks would not."""
+    layout = CacheLayout(head_dim=64, retrieval=(2,) * 8, streaming=(0,) * 8)
+    plan = HeadPlan.full(8, 8, 2, head_dim=64)
+
+    def activations(fused: bool, chunk: int) -> int:
+        shape = DecoderShape.from_plan(layout, plan, vocab=32000, fused=fused)
+        return generation_memory(shape, batch=1, prompt_tokens=32768, capacity=32800, chunk=chunk).activations
+
+    assert activations(True, 512) < activations(False, 512) / 4
+    assert activations(True, 2048) < activations(False, 512)

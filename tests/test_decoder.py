@@ -188,8 +188,51 @@ def test_transformed_decoder_matches_its_torch_model(llama, tmp_path):
     result = export(str(directory / "hf"), tmp_path / "pruned.onnx",
                     transform=Transform(plan=HeadPlan.load(tmp_path / "plan.json"), retrieval=2, sink=2, recent=4))
     assert max(result.diffs.values()) < 1e-4
+    # uneven query groups cannot run as GroupQueryAttention: that layer keeps the portable arithmetic
+    assert "prefill attention of 1 of 2 layers left unfused" in result.manifest.extra["optimization_note"]
     tokens = edgert.Generator(tmp_path / "pruned.onnx").generate(prompts(2), 8, stop=())
     assert len(tokens) == 2 and all(len(row) == 8 for row in tokens)
+
+
+def _op_types(path) -> set[str]:
+    """Every op type in a graph, If branches included."""
+    import onnx
+
+    found = set()
+
+    def walk(graph):
+        for node in graph.node:
+            found.add(node.op_type)
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs):
+                    walk(sub)
+
+    walk(onnx.load(str(path)).graph)
+    return found
+
+
+def test_prefill_attention_is_fused_for_onnxruntime_cpu_only(llama, tmp_path):
+    """The default export runs prefill chunks through com.microsoft.GroupQueryAttention (one per
+    layer here); --no-optimize keeps the portable graph; both give the same logits over a long
+    prompt in several chunks and the same greedy tokens, batch of two (left padding) included."""
+    _, directory = llama
+    fused_manifest = edgert.load(directory / "full.onnx").manifest
+    assert fused_manifest.extra["optimized_for"] == "onnxruntime-cpu"
+    assert fused_manifest.extra["fusions"] == {"GroupQueryAttention": 4}  # per layer: with a bias, and causal
+    assert "GroupQueryAttention" in _op_types(directory / "full.onnx")
+    export(str(directory / "hf"), tmp_path / "portable.onnx", optimize=False)
+    assert "GroupQueryAttention" not in _op_types(tmp_path / "portable.onnx")
+    assert edgert.load(tmp_path / "portable.onnx").manifest.extra["optimized_for"] is None
+    # chunks: an eighth of the prompt within 512..2048 for the fused graph, 512 for the portable one
+    assert [edgert.Generator(directory / "full.onnx").chunk_for(n) for n in (100, 8192, 50_000)] == [512, 1024, 2048]
+    assert edgert.Generator(tmp_path / "portable.onnx").chunk_for(50_000) == 512
+    fused = edgert.Generator(directory / "full.onnx", prefill_chunk=16)
+    portable = edgert.Generator(tmp_path / "portable.onnx", prefill_chunk=16)
+    assert fused.chunk_for(50_000) == 16
+    prompt = np.random.default_rng(5).integers(0, 128, size=100).tolist()
+    assert np.allclose(fused.next_token_logits(prompt, [1, 2, 3]), portable.next_token_logits(prompt, [1, 2, 3]),
+                       atol=1e-4)
+    assert fused.generate(prompts(2), 16, stop=()) == portable.generate(prompts(2), 16, stop=())
 
 
 def test_sampling_is_seeded(llama):

@@ -338,3 +338,33 @@ def test_sessions_keep_onnxruntime_from_fusing_skip_layer_norm(tmp_path, monkeyp
     gamma, beta = (onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer)
     want = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-12) * gamma + beta
     np.testing.assert_allclose(session.run({"x": x, "skip": skip})["y"], want, atol=1e-5)
+
+
+def _denormal_product(tmp_path, flag: str) -> float:
+    """x * 1e-30 with x = 1e-10 is 1e-40, a float32 denormal, run by edgert in a fresh process
+    (ONNX Runtime sets the calling thread's mode from the first session of a process only)."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+    scale = onnx.numpy_helper.from_array(np.full(4, 1e-30, np.float32), "scale")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Mul", ["x", "scale"], ["y"])], "g", [x], [y], [scale])
+    path = tmp_path / "mul.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    script = textwrap.dedent(f"""
+        import numpy as np, edgert
+        from edgert.session import session_options
+        options = session_options(1, denormal_as_zero={flag})
+        session = edgert.load({str(path)!r}, options=options)
+        print(float(session.run({{"x": np.full(4, 1e-10, np.float32)}})["y"][0]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(result.stdout)
+
+
+def test_denormals_are_flushed_by_default_and_kept_on_request(tmp_path):
+    assert _denormal_product(tmp_path, "True") == 0.0
+    assert 0.0 < _denormal_product(tmp_path, "False") < 1.2e-38
+
+
+def test_denormal_as_zero_must_be_a_bool():
+    with pytest.raises(EdgertError, match="denormal_as_zero must be True or False"):
+        session_options(denormal_as_zero="yes")

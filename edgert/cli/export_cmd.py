@@ -65,8 +65,9 @@ STEPS = {"load": "loading model", "calibration": "reading calibration data",
               help="Use at most this many calibration examples.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True,
               help="Fuse attention and bias+GELU into ONNX Runtime CPU kernels "
-                   "(com.microsoft ops). --no-optimize: a portable graph of standard ONNX ops "
-                   "(and edgert ops) for TensorRT and other runtimes.")
+                   "(com.microsoft ops; decoders: prefill attention as GroupQueryAttention). "
+                   "--no-optimize: a portable graph of standard ONNX ops (and edgert ops) for "
+                   "TensorRT and other runtimes.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Vision models: weights in timm's layout (.safetensors, .pth, .bin). "
                    "Default: random init, and the manifest says so.")
