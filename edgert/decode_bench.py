@@ -165,8 +165,8 @@ def bench_decode(paths: Sequence[str], config: DecodeConfig, *,
         generators = [_open_generator(p, config)[0] for p in paths]
         for result, runs in zip(results, _decode_rounds(generators, config, progress)):
             result.set_runs(runs)
-        # edgert.Generator keeps ONNX Runtime's spinning threads and offers no --no-spin
-        report.compare(spin=True, spin_option=False)
+        # edgert.Generator decides spinning itself (on, unless another process holds a core)
+        report.compare(spin=all(g.spin for g in generators), spin_option=False)
     return report
 
 

@@ -235,6 +235,19 @@ def test_prefill_attention_is_fused_for_onnxruntime_cpu_only(llama, tmp_path):
     assert fused.generate(prompts(2), 16, stop=()) == portable.generate(prompts(2), 16, stop=())
 
 
+def test_threads_spin_unless_another_process_holds_a_core(llama, monkeypatch):
+    import edgert.generator as generator_module
+
+    _, directory = llama
+    path = directory / "full.onnx"
+    for busy, spins in ((0.0, True), (0.3, True), (1.0, False), (None, True)):
+        monkeypatch.setattr(generator_module, "busy_cores", lambda busy=busy: busy)
+        assert edgert.Generator(path, threads=generator_module.usable_cores()).spin is spins, busy
+    assert edgert.Generator(path, threads=1, spin=True).spin is True  # asked for: not measured
+    with pytest.raises(EdgertError, match="not both"):
+        edgert.Generator(path, spin=False, options=edgert.session.session_options(1))
+
+
 def test_sampling_is_seeded(llama):
     _, directory = llama
     generator = edgert.Generator(directory / "full.onnx")
