@@ -51,6 +51,11 @@ EDGERT_VARIANTS = {  # label -> (retrieval heads, INT8 guard or None for FP32)
     # every weight MatMul in INT8, accuracy only reported (like GenAI int4, not guarded)
     "edgert full INT8 (all)": (None, "top1>=0"),
 }
+# The all-full model as edgert ran it before prefill attention was fused and denormals flushed:
+# the portable graph (export --no-optimize), denormals kept, threads spinning. Not in the default
+# run; --variants adds it, so before and after stand in one table.
+BEFORE = "edgert full, before (portable graph, denormals kept)"
+ALL_VARIANTS = [*EDGERT_VARIANTS, BEFORE]
 
 
 def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
@@ -79,6 +84,12 @@ def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
                 console.print(f"quantizing {label} …")
                 quantize_model(fp32, quantized, QuantConfig(mode="dynamic", guard=Guard.parse(guard)), threads=2)
             paths[label] = quantized
+    if BEFORE in labels:
+        portable = WORK / f"{prefix}-full-portable.onnx"
+        if not portable.exists():
+            console.print(f"exporting {BEFORE} …")
+            export(str(model_dir), portable, optimize=False)
+        paths[BEFORE] = portable
     streaming = WORK / f"{prefix}-streaming.onnx"
     if not streaming.exists():
         console.print("exporting the streaming-only model …")
@@ -90,7 +101,7 @@ def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
 def measure_edgert(label: str, path: Path, prompt: list[int], new_tokens: int, threads: int) -> dict:
     """One edgert measurement in a fresh process."""
     job = {"mode": "decode", "label": label, "model": str(path), "prompt": prompt,
-           "new_tokens": new_tokens, "threads": threads}
+           "new_tokens": new_tokens, "threads": threads, "before": label == BEFORE}
     return _run_child(job)
 
 
@@ -131,7 +142,13 @@ def _child() -> None:
 
     job = json.loads(sys.stdin.read())
     start = time.perf_counter()
-    generator = edgert.Generator(job["model"], threads=job["threads"])
+    if job.get("before"):
+        from edgert.session import session_options
+
+        options = session_options(job["threads"], spin=True, denormal_as_zero=False)
+        generator = edgert.Generator(job["model"], options=options)
+    else:
+        generator = edgert.Generator(job["model"], threads=job["threads"])
     load_s = time.perf_counter() - start
     generator.generate([3, 4, 5, 6, 7, 8, 9, 10], 2, stop=())  # warm-up
     if job["mode"] == "stream":
@@ -175,7 +192,7 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
              "|---|---|---|---|---|---|---|"]
     for context in contexts:
         reference = by.get(("transformers", context), {}).get("tokens")
-        for label in [*EDGERT_VARIANTS, *PEERS]:
+        for label in [*ALL_VARIANTS, *PEERS]:
             r = by.get((label, context))
             if r is None:
                 continue
@@ -186,6 +203,10 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
     for context in contexts:
         full, genai = by.get(("edgert full", context)), by.get(("ort-genai-fp32", context))
         torch_peer = by.get(("transformers", context))
+        before = by.get((BEFORE, context))
+        if full and before:
+            targets.append(f"- {context}: edgert full vs {BEFORE}: prefill {before['prefill_s'] / full['prefill_s']:.2f}x, "
+                           f"per-token {_p50(before) / _p50(full):.2f}x")
         if full and torch_peer:
             targets.append(f"- {context}: edgert full vs transformers: prefill {torch_peer['prefill_s'] / full['prefill_s']:.2f}x, "
                            f"per-token {_p50(torch_peer) / _p50(full):.2f}x")
@@ -278,7 +299,7 @@ def main() -> int:
                         help="keep one core busy with another process (a spin loop) during every measurement")
     parser.add_argument("--stream-tokens", type=int, default=10_000)
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
-    parser.add_argument("--variants", nargs="*", choices=EDGERT_VARIANTS, default=list(EDGERT_VARIANTS))
+    parser.add_argument("--variants", nargs="*", choices=ALL_VARIANTS, default=list(EDGERT_VARIANTS))
     parser.add_argument("--merge", action="store_true",
                         help="keep the other contexts (and the streaming run, unless --stream-tokens) "
                              "of the last run of this --model and --busy-core: re-measure some rows")
@@ -306,7 +327,7 @@ def main() -> int:
             console.print(f"context {context}: {label} …")
             try:
                 with busy_core(args.busy_core):
-                    if label in EDGERT_VARIANTS:
+                    if label in ALL_VARIANTS:
                         r = measure_edgert(label, paths[label], prompt, args.new_tokens, args.threads)
                     else:
                         r = measure_peer(label, directory, context, args.new_tokens, args.threads)

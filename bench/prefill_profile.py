@@ -2,8 +2,8 @@
 grouped by op type and by purpose, plus the Generator's Python work around the graph run.
 
     .venv/bin/python bench/prefill_profile.py [--contexts 4096 16384] [--chunk 512] [--threads 2]
-                                              [--label now] [--keep-denormals] [--model PATH]
-                                              [--no-write]
+                                              [--label now] [--keep-denormals] [--portable]
+                                              [--model PATH] [--no-write]
 
 For each context C the prompt is prefilled up to C tokens in chunks, then one more chunk runs
 with the profiler on: that chunk reads a cache of C tokens. Its node events are grouped by op
@@ -13,7 +13,8 @@ The Python side is timed around the same chunk: building the feeds (cache slices
 run, and writing the new keys and values into the cache.
 
 The model is bench/decode_check.py's reference Llama (all heads full), exported on first use
-to bench/_work/decode/edgert-full.onnx, or --model. Each --label is kept in
+to bench/_work/decode/edgert-full.onnx (--portable: with --no-optimize, to
+edgert-full-portable.onnx), or --model. Each --label is kept in
 bench/_work/prefill_profile/LABEL.json and the section of bench/RESULTS.md shows every label
 (e.g. "before" and "after" a change).
 """
@@ -35,6 +36,7 @@ import onnx
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "prefill_profile"
 DEFAULT_MODEL = HERE / "_work" / "decode" / "edgert-full.onnx"
+PORTABLE_MODEL = HERE / "_work" / "decode" / "edgert-full-portable.onnx"
 LAYOUT_OPS = {"Reshape", "Transpose", "Shape", "Unsqueeze", "Squeeze", "Cast", "Identity"}
 
 
@@ -183,6 +185,8 @@ def main() -> int:
     parser.add_argument("--label", default="now", help="name of this measurement in RESULTS.md")
     parser.add_argument("--keep-denormals", action="store_true", help="profile with float32 denormals kept")
     parser.add_argument("--model", type=Path, default=None, help="an edgert decoder (default: the reference)")
+    parser.add_argument("--portable", action="store_true",
+                        help="profile the reference exported with --no-optimize (attention as plain ONNX ops)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -190,12 +194,12 @@ def main() -> int:
     from decode_model import reference_model_dir
     from results import machine, write_section
 
-    model = args.model or DEFAULT_MODEL
+    model = args.model or (PORTABLE_MODEL if args.portable else DEFAULT_MODEL)
     if not model.exists():
         from edgert.exporters import export
 
         print("exporting the reference model …", file=sys.stderr)
-        export(str(reference_model_dir(HERE / "_work" / "decode" / "models")), model)
+        export(str(reference_model_dir(HERE / "_work" / "decode" / "models")), model, optimize=not args.portable)
     runs = []
     for context in args.contexts:
         print(f"profiling a chunk at context {context} …", file=sys.stderr)
@@ -212,7 +216,8 @@ def main() -> int:
         commands.append(f"`.venv/bin/python bench/prefill_profile.py {saved['command']}`")
     body = (f"### Where a prefill chunk's time goes\n\n{machine()}. ONNX Runtime's profiler over one "
             "chunk of the reference Llama's all-full graph at each context; purposes come from the torch "
-            "module each node was exported from. Python times are one run's wall clock.\n\n"
+            "module each node was exported from (nodes ONNX Runtime fused at load count under their "
+            "first node's module). Python times are one run's wall clock.\n\n"
             f"{render(results)}\nCommands: " + ", ".join(commands))
     write_section("prefill_profile", body)
     return 0
