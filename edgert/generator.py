@@ -300,9 +300,9 @@ class Generator:
 def _spin_policy(threads: int | None) -> bool:
     """Let ONNX Runtime's idle threads spin unless other processes keep more of the machine busy
     than our threads leave free (measured over 50 ms now). Spinning wins on a quiet machine and
-    loses where another process holds a core: on the decode benchmark's 55M Llama at 4k tokens
-    (2-core Xeon, 2 threads) a token took 15.8 ms spinning and 19.2 ms not when quiet, 31.4 ms
-    and 25.0 ms with one core busy. Decided once, when the generator is made."""
+    loses where another process holds a core (bench/spin_check.py: per-token decode of the
+    reference Llama at 4k tokens, both ways, quiet and busy). Decided once, when the generator
+    is made."""
     busy = busy_cores()
     if busy is None:
         return True
