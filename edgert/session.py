@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgert import float_mode
 from edgert._io import path_argument
 from edgert.devices import DEVICE_PROVIDERS, fallback_to_cpu, resolve_device
 from edgert.errors import EdgertError, InputError, ModelLoadError, OptionError, first_line, shown_path
@@ -74,8 +75,7 @@ _ORT_DISABLED_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"  # ';
 # Flush-to-zero and denormals-are-zero in ONNX Runtime's threads. Decoders reach the float32
 # denormal range (softmax over score gaps beyond ~87, tiny activations), where x86 arithmetic
 # runs many times slower; only values below ~1.2e-38 change. ONNX Runtime applies the setting to
-# its pool threads per session, but to the calling thread only from the first session a process
-# creates (and that thread's numpy then flushes denormals too).
+# its pool threads; edgert/float_mode.py sets it on the calling thread around each run only.
 _ORT_DENORMAL_AS_ZERO_KEY = "session.set_denormal_as_zero"
 _ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
@@ -175,6 +175,14 @@ def session_options(threads: int | None = None, *, spin: bool = True,
     return options
 
 
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    """A session config entry of `options`, None when it is not set (ONNX Runtime raises)."""
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:
+        return None
+
+
 def model_path(value: object) -> Path:
     """`value` as the Path of an existing, non-empty regular file, or ModelLoadError."""
     path = path_argument(value, "model path", ModelLoadError)
@@ -195,7 +203,8 @@ def create_ort_session(path: Path, providers: list[str],
     """Create an ONNX Runtime session for a path model_path() accepted, turning load failures
     into ModelLoadError."""
     try:
-        return ort.InferenceSession(os.fspath(path), options, providers=providers)
+        with float_mode.kept():  # the first session of a process would change this thread's mode
+            return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types here
         raise ModelLoadError(f"cannot load {shown_path(path)} as an ONNX model: "
                              f"{ort_message(exc)}") from None
@@ -235,7 +244,9 @@ class Session:
         self.path = model_path(path)
         self.device, providers = resolve_device(device, strict=strict)
         self.threads = threads
-        self._ort = create_ort_session(self.path, providers, options or session_options(threads))
+        options = options or session_options(threads)
+        self._flush_denormals = _config_entry(options, _ORT_DENORMAL_AS_ZERO_KEY) == "1"
+        self._ort = create_ort_session(self.path, providers, options)
         wanted = DEVICE_PROVIDERS[self.device][0]
         if wanted not in self._ort.get_providers():
             fallback_to_cpu(self.device, f"{wanted} failed to initialise", strict=strict)
@@ -457,7 +468,8 @@ class Session:
                       ) -> list[np.ndarray]:
         """Run without input checks (for timing loops whose inputs were checked once)."""
         try:
-            return self._ort.run(list(output_names) if output_names else None, dict(arrays))
+            with float_mode.denormals_flushed(self._flush_denormals):
+                return self._ort.run(list(output_names) if output_names else None, dict(arrays))
         except Exception as exc:  # a value ONNX Runtime rejects that no check above knew of
             raise InputError(f"ONNX Runtime rejected the inputs: {ort_message(exc)}") from None
 

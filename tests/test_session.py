@@ -342,7 +342,7 @@ def test_sessions_keep_onnxruntime_from_fusing_skip_layer_norm(tmp_path, monkeyp
 
 def _denormal_product(tmp_path, flag: str) -> float:
     """x * 1e-30 with x = 1e-10 is 1e-40, a float32 denormal, run by edgert in a fresh process
-    (ONNX Runtime sets the calling thread's mode from the first session of a process only)."""
+    with one thread (the calling thread does all the work)."""
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
     scale = onnx.numpy_helper.from_array(np.full(4, 1e-30, np.float32), "scale")
@@ -354,7 +354,10 @@ def _denormal_product(tmp_path, flag: str) -> float:
         from edgert.session import session_options
         options = session_options(1, denormal_as_zero={flag})
         session = edgert.load({str(path)!r}, options=options)
-        print(float(session.run({{"x": np.full(4, 1e-10, np.float32)}})["y"][0]))
+        y = float(session.run({{"x": np.full(4, 1e-10, np.float32)}})["y"][0])
+        # the calling thread is flushed only while edgert runs: the app's own numpy is not
+        assert np.float32(1e-40) * np.float32(1) > 0, "the calling thread still flushes denormals"
+        print(y)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(result.stdout)
@@ -368,3 +371,16 @@ def test_denormals_are_flushed_by_default_and_kept_on_request(tmp_path):
 def test_denormal_as_zero_must_be_a_bool():
     with pytest.raises(EdgertError, match="denormal_as_zero must be True or False"):
         session_options(denormal_as_zero="yes")
+
+
+def test_float_mode_flushes_only_inside_the_block():
+    from edgert import float_mode
+
+    tiny = np.float32(1e-40)
+    if not float_mode.controlled():
+        pytest.skip("the float environment is not reachable on this platform")
+    with float_mode.denormals_flushed():
+        assert tiny * np.float32(1) == 0
+    assert tiny * np.float32(1) > 0
+    with float_mode.denormals_flushed(False):
+        assert tiny * np.float32(1) > 0
