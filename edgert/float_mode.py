@@ -4,8 +4,8 @@ ONNX Runtime's `session.set_denormal_as_zero` sets flush-to-zero and denormals-a
 pool threads per session, but on the calling thread only from the first session a process
 creates, and then for good: the application's own numpy on that thread would flush denormals
 too. The calling thread does a share of every run, so leaving it alone would leave that share
-slow (4k-token prefill of the decode benchmark's model: 6.9 s instead of 1.9 s). So edgert keeps
-the thread's mode as it was when a session is created, and sets the flags around each run.
+slow (a decoder's prefill ran several times slower). So edgert keeps the thread's mode as it
+was when a session is created, and sets the flags around each run.
 
 The standard library cannot reach the SSE control register (MXCSR) that holds these flags; on
 x86-64 Linux, libm's fegetenv/fesetenv can: glibc's fenv_t is 32 bytes there, MXCSR its last
