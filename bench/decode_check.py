@@ -58,6 +58,19 @@ BEFORE = "edgert full, before (portable graph, denormals kept)"
 ALL_VARIANTS = [*EDGERT_VARIANTS, BEFORE]
 
 
+def model_prefix(model: str) -> str:
+    """The file-name prefix of a --model's edgert variants under bench/_work/decode."""
+    return "edgert" if model == "init0.3" else f"edgert-{model}"
+
+
+def variant_files(prefix: str, label: str) -> tuple[Path, Path | None]:
+    """The FP32 export of an edgert variant and, for the INT8 ones, its quantized file."""
+    retrieval, guard = EDGERT_VARIANTS[label]
+    name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
+    fp32 = WORK / f"{prefix}-{name}.onnx"
+    return fp32, (WORK / f"{prefix}-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx" if guard else None)
+
+
 def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
                         labels=tuple(EDGERT_VARIANTS)) -> dict[str, Path]:
     """Export (and quantize) the edgert variants `labels` once, and the streaming-only model;
@@ -69,21 +82,17 @@ def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
     for label, (retrieval, guard) in EDGERT_VARIANTS.items():
         if label not in labels:
             continue
-        name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
-        fp32 = WORK / f"{prefix}-{name}.onnx"
+        fp32, quantized = variant_files(prefix, label)
         if not fp32.exists():
             console.print(f"exporting {label} …")
             transform = None if retrieval is None else Transform(retrieval=retrieval, sink=SINK, recent=RECENT)
             export(str(model_dir), fp32, transform=transform)
-        paths[label] = fp32
-        if guard:
-            quantized = WORK / f"{prefix}-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx"
-            if not quantized.exists():
-                from edgert.quant.quantize import Guard, QuantConfig, quantize_model
+        if quantized and not quantized.exists():
+            from edgert.quant.quantize import Guard, QuantConfig, quantize_model
 
-                console.print(f"quantizing {label} …")
-                quantize_model(fp32, quantized, QuantConfig(mode="dynamic", guard=Guard.parse(guard)), threads=2)
-            paths[label] = quantized
+            console.print(f"quantizing {label} …")
+            quantize_model(fp32, quantized, QuantConfig(mode="dynamic", guard=Guard.parse(guard)), threads=2)
+        paths[label] = quantized or fp32
     if BEFORE in labels:
         portable = WORK / f"{prefix}-full-portable.onnx"
         if not portable.exists():
@@ -314,8 +323,7 @@ def main() -> int:
     run = args.model + ("-busy" if args.busy_core else "")
     saved = WORK / f"results-{run}.json"
     directory = model_dir(MODELS[args.model], WORK / "models")
-    paths = build_edgert_models(directory, console, "edgert" if args.model == "init0.3" else f"edgert-{args.model}",
-                                args.variants)
+    paths = build_edgert_models(directory, console, model_prefix(args.model), args.variants)
     vocab = json.loads((directory / "config.json").read_text())["vocab_size"]
     results = []
     runners = [*args.variants, *args.peers]
@@ -391,15 +399,10 @@ def render_runs() -> str:
 
 
 def _variant_paths(run: str) -> dict[str, Path]:
-    """Where build_edgert_models put the INT8 variants of a run's model (for their accuracy lines)."""
-    model = run.removesuffix("-busy")
-    prefix = "edgert" if model == "init0.3" else f"edgert-{model}"
-    paths = {}
-    for label, (retrieval, guard) in EDGERT_VARIANTS.items():
-        name = "full" if retrieval is None else f"retrieval{int(retrieval * 100)}"
-        paths[label] = (WORK / f"{prefix}-{name}-int8-{'guarded' if guard != 'top1>=0' else 'all'}.onnx" if guard
-                        else WORK / f"{prefix}-{name}.onnx")
-    return paths
+    """Where build_edgert_models put each variant of a run's model (the INT8 file for the INT8 ones)."""
+    prefix = model_prefix(run.removesuffix("-busy"))
+    return {label: quantized or fp32 for label in EDGERT_VARIANTS
+            for fp32, quantized in [variant_files(prefix, label)]}
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ def _child(job: dict) -> None:
 
 def measure(spin: bool, busy: bool, args) -> dict:
     """One fresh process; with `busy`, another process spins on a core while it runs."""
-    sys.path.insert(0, str(HERE))
-    from decode_check import busy_core
+    from decode_check import busy_core  # bench/ is on sys.path (main)
 
     job = {"model": str(MODEL), "threads": args.threads, "spin": spin, "context": args.context,
            "new_tokens": args.new_tokens}
