@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgert.models.ops import clipped_softmax, prefill_attention
+from edgert.models.ops import clipped_softmax, prefill_attention, prefill_attention_reference
 from edgert.plan import LayerPlan
 
 
@@ -214,9 +214,8 @@ class HeadAttention(nn.Module):
             return context.reshape(q.shape)
 
         def chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            keys, values = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
-            scores = biased(torch.matmul(grouped(q), keys.transpose(2, 3)), full_bias(past_bias, new_bias))
-            return torch.matmul(softmax(scores), values).reshape(q.shape)
+            return prefill_attention_reference(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias),
+                                               1.0, softmax=softmax)
 
         def fused_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
             return prefill_attention(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias), 1.0)

@@ -115,7 +115,8 @@ def _single_head_attention_fake(x, norm_weight, norm_bias, qkv_weight, qkv_bias,
 
 
 def prefill_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_past: torch.Tensor,
-                                v_past: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+                                v_past: torch.Tensor, bias: torch.Tensor | None, scale: float,
+                                softmax=None) -> torch.Tensor:
     """Grouped-query attention of S new tokens over a cache and themselves.
 
     q [B, H, S, d] with query heads grouped by the kv head they read (head h reads kv head
@@ -123,7 +124,9 @@ def prefill_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: tor
     is additive (0 or a large negative: which past and new keys each query may see); None means
     causal in cache coordinates (new token i sees every past slot and new tokens 0..i). Returns
     softmax(scale * q k^T + bias) v over the P + S keys: [B, H, S, d]. The g = H / kv query heads
-    of a kv head are stacked as g * S rows of one matmul, so each key is read once.
+    of a kv head are stacked as g * S rows of one matmul, so each key is read once. `softmax`
+    (a function of the scores, over the last dim; None: the standard one) lets the portable
+    graph's chunk branch (models/attention.py) run this same arithmetic with a clipped softmax.
     """
     batch, heads, seq, d = q.shape
     kv, past = k_new.shape[1], k_past.shape[2]
@@ -133,9 +136,13 @@ def prefill_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: tor
         allowed = keys.view(1, -1) <= past + torch.arange(seq).view(-1, 1)
         bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min).view(1, 1, seq, -1)
     keys, values = torch.cat([k_past, k_new], dim=2), torch.cat([v_past, v_new], dim=2)
-    scores = torch.matmul(q.reshape(batch, kv, group * seq, d) * scale, keys.transpose(2, 3))
+    rows = q.reshape(batch, kv, group * seq, d)
+    if scale != 1.0:  # the decoder scales q before its If, so its graph carries no Mul by 1
+        rows = rows * scale
+    scores = torch.matmul(rows, keys.transpose(2, 3))
     scores = (scores.view(batch, kv, group, seq, -1) + bias.unsqueeze(2)).view(batch, kv, group * seq, -1)
-    return torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, heads, seq, d)
+    probs = torch.softmax(scores, dim=-1) if softmax is None else softmax(scores)
+    return torch.matmul(probs, values).view(batch, heads, seq, d)
 
 
 @torch.library.custom_op("edgert::prefill_attention", mutates_args=())
