@@ -3,10 +3,12 @@ grouped by op type and by purpose, plus the Generator's Python work around the g
 
     .venv/bin/python bench/prefill_profile.py [--contexts 4096 16384] [--chunk 512] [--threads 2]
                                               [--label now] [--keep-denormals] [--portable]
-                                              [--model PATH] [--no-write]
+                                              [--decode] [--model PATH] [--no-write]
 
 For each context C the prompt is prefilled up to C tokens in chunks, then one more chunk runs
-with the profiler on: that chunk reads a cache of C tokens. Its node events are grouped by op
+with the profiler on: that chunk reads a cache of C tokens. --decode profiles one-token steps
+instead, as the Generator runs them (the whole cache buffers fed, unwritten slots masked):
+the mean of DECODE_STEPS steps after the first two. Its node events are grouped by op
 type, and by purpose from the torch module each node came from (the exporter's name scopes:
 attention projections, attention arithmetic, masks, cache handling, RoPE, MLP, norms, lm head).
 The Python side is timed around the same chunk: building the feeds (cache slices), the graph
@@ -37,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "prefill_profile"
 DEFAULT_MODEL = HERE / "_work" / "decode" / "edgert-full.onnx"
 PORTABLE_MODEL = HERE / "_work" / "decode" / "edgert-full-portable.onnx"
+DECODE_STEPS = 10
 LAYOUT_OPS = {"Reshape", "Transpose", "Shape", "Unsqueeze", "Squeeze", "Cast", "Identity"}
 
 
@@ -79,7 +82,7 @@ def purpose(op_type: str, scopes: list[str]) -> str:
     if "self_attn" in path:
         if any(p in path for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
             return "attention projections"
-        if op_type in ("MatMul", "Softmax", "Gemm") or op_type.startswith(("GroupQueryAttention", "ClippedSoftmax")):
+        if op_type in ("MatMul", "FusedMatMul", "Softmax", "Gemm") or op_type.startswith(("GroupQueryAttention", "ClippedSoftmax")):
             return "attention arithmetic"
         if op_type in ("Add", "Where", "Expand", "Equal", "Not", "And", "Less", "Greater", "GreaterOrEqual"):
             return "masks"
@@ -93,18 +96,19 @@ def purpose(op_type: str, scopes: list[str]) -> str:
     return "masks"  # the graph's root builds the additive masks from the integer inputs
 
 
-def chunk_events(profile: list[dict]) -> list[dict]:
-    """Node kernel events of the last graph run in an ONNX Runtime profile."""
-    runs = [e for e in profile if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    last = runs[-1]
-    start, end = last["ts"], last["ts"] + last["dur"]
+def run_events(profile: list[dict], runs: int = 1) -> list[dict]:
+    """Node kernel events of the last `runs` graph runs in an ONNX Runtime profile."""
+    model_runs = [e for e in profile if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start, end = model_runs[-runs]["ts"], model_runs[-1]["ts"] + model_runs[-1]["dur"]
     # An If's event spans its branch, whose nodes have events of their own: it is left out.
     return [e for e in profile if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
             and e.get("args", {}).get("op_name") != "If" and start <= e["ts"] <= end]
 
 
-def profile_chunk(model: Path, context: int, chunk: int, threads: int, denormal_as_zero: bool) -> dict:
-    """Prefill `context` tokens, then profile one chunk of `chunk` tokens; see the module docstring."""
+def profile_chunk(model: Path, context: int, chunk: int, threads: int, denormal_as_zero: bool,
+                  decode: bool = False) -> dict:
+    """Prefill `context` tokens, then profile one chunk of `chunk` tokens (decode: one-token
+    steps, averaged); see the module docstring."""
     import edgert
     from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, KVCache
     from edgert.session import session_options
@@ -115,15 +119,17 @@ def profile_chunk(model: Path, context: int, chunk: int, threads: int, denormal_
         options.profile_file_prefix = str(Path(tmp) / "ort")
         generator = edgert.Generator(model, options=options, prefill_chunk=chunk)
         session = generator.session
-        ids = np.random.default_rng(0).integers(3, generator.vocab_size, size=(1, context + chunk), dtype=np.int64)
-        positions = np.arange(context + chunk, dtype=np.int64)[None]
-        cache = KVCache(generator.layout, 1, context + chunk)
+        extra = DECODE_STEPS if decode else chunk
+        ids = np.random.default_rng(0).integers(3, generator.vocab_size, size=(1, context + extra), dtype=np.int64)
+        positions = np.arange(context + extra, dtype=np.int64)[None]
+        cache = KVCache(generator.layout, 1, context + extra)
         times = defaultdict(list)
 
         def step(start: int, end: int, timed: bool) -> None:
             t0 = time.perf_counter()
             feeds = {INPUT_IDS: ids[:, start:end], POSITION_IDS: positions[:, start:end],
-                     ATTENTION_MASK: np.ones((1, end - start), np.int64), **cache.feeds(compact=True)}
+                     ATTENTION_MASK: np.ones((1, end - start), np.int64),
+                     **cache.feeds(compact=end - start > 1)}
             t1 = time.perf_counter()
             outputs = dict(zip(session.output_names, session.run_unchecked(feeds)))
             t2 = time.perf_counter()
@@ -137,26 +143,42 @@ def profile_chunk(model: Path, context: int, chunk: int, threads: int, denormal_
 
         for start in range(0, context, chunk):
             step(start, min(start + chunk, context), timed=False)
-        step(context, context + chunk, timed=True)
+        if decode:
+            for i in range(DECODE_STEPS):
+                step(context + i, context + i + 1, timed=i >= 2)  # the first steps warm the arena
+        else:
+            step(context, context + chunk, timed=True)
         profile_path = session._ort.end_profiling()
         profile = json.loads(Path(profile_path).read_text())
+    runs = DECODE_STEPS - 2 if decode else 1
     scopes = node_scopes(onnx.load(str(model), load_external_data=False))
     by_op, by_purpose = defaultdict(float), defaultdict(float)
-    for event in chunk_events(profile):
+    for event in run_events(profile, runs):
         name = event["name"][: -len("_kernel_time")]
         if name not in scopes:  # a node ONNX Runtime fused at load: "original/FusionName/"
             name = name.split("/")[0]
         op_type = event.get("args", {}).get("op_name") or scopes.get(name, ("?", []))[0]
-        by_op[op_type] += event["dur"] / 1e3
-        by_purpose[purpose(op_type, scopes.get(name, (op_type, []))[1])] += event["dur"] / 1e3
-    return {"context": context, "chunk": chunk, "threads": threads, "denormal_as_zero": denormal_as_zero,
-            "by_op_ms": dict(by_op), "by_purpose_ms": dict(by_purpose),
-            "python_ms": {k: 1e3 * v[0] for k, v in times.items()}}
+        by_op[op_type] += event["dur"] / 1e3 / runs
+        by_purpose[purpose(op_type, scopes.get(name, (op_type, []))[1])] += event["dur"] / 1e3 / runs
+    return {"context": context, "chunk": 1 if decode else chunk, "threads": threads,
+            "cache_mb": generator.layout.cache_bytes(1, context) / 2**20,
+            "denormal_as_zero": denormal_as_zero, "by_op_ms": dict(by_op), "by_purpose_ms": dict(by_purpose),
+            "python_ms": {k: 1e3 * float(np.mean(v)) for k, v in times.items()}}
 
 
 def table(rows: dict[str, float], total: float, top: int | None = None) -> list[str]:
     ordered = sorted(rows.items(), key=lambda kv: -kv[1])[:top]
     return [f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |" for name, ms in ordered]
+
+
+def _cache_read(run: dict) -> list[str]:
+    """For a decode step: how fast its attention reads the cache (every step reads all of it)."""
+    attention = run["by_purpose_ms"].get("attention arithmetic", 0.0)
+    if run["chunk"] != 1 or "cache_mb" not in run or not attention:
+        return []
+    return [(f"Each step reads the whole cache, {run['cache_mb']:.0f} MiB of keys and values: "
+            f"{run['cache_mb'] / 1024 / (attention / 1e3):.1f} GiB/s over the attention arithmetic's "
+            f"{attention:.1f} ms."), ""]
 
 
 def render(results: dict[str, list[dict]]) -> str:
@@ -166,10 +188,12 @@ def render(results: dict[str, list[dict]]) -> str:
         for run in runs:
             kernels = sum(run["by_op_ms"].values())
             python = run["python_ms"]
-            lines += [f"**{label}**, context {run['context']}, chunk {run['chunk']}, {run['threads']} threads, "
+            step = "one-token decode step" if run["chunk"] == 1 else f"chunk {run['chunk']}"
+            lines += [(f"**{label}**, context {run['context']}, {step}, {run['threads']} threads, "
                       f"denormals {'flushed' if run['denormal_as_zero'] else 'kept'}: graph run "
                       f"{python['graph run']:.0f} ms (kernels {kernels:.0f} ms), feeds "
-                      f"{python['feeds (cache slices)']:.1f} ms, cache append {python['cache append']:.1f} ms", "",
+                      f"{python['feeds (cache slices)']:.1f} ms, cache append {python['cache append']:.1f} ms"), "",
+                      *_cache_read(run),
                       "| purpose | ms | share of kernel time |", "|---|---|---|",
                       *table(run["by_purpose_ms"], kernels), "",
                       "| op type (top 8) | ms | share |", "|---|---|---|",
@@ -187,6 +211,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="an edgert decoder (default: the reference)")
     parser.add_argument("--portable", action="store_true",
                         help="profile the reference exported with --no-optimize (attention as plain ONNX ops)")
+    parser.add_argument("--decode", action="store_true", help="profile one-token decode steps instead of a chunk")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -202,8 +227,8 @@ def main() -> int:
         export(str(reference_model_dir(HERE / "_work" / "decode" / "models")), model, optimize=not args.portable)
     runs = []
     for context in args.contexts:
-        print(f"profiling a chunk at context {context} …", file=sys.stderr)
-        runs.append(profile_chunk(model, context, args.chunk, args.threads, not args.keep_denormals))
+        print(f"profiling {'decode steps' if args.decode else 'a chunk'} at context {context} …", file=sys.stderr)
+        runs.append(profile_chunk(model, context, args.chunk, args.threads, not args.keep_denormals, args.decode))
     print(render({args.label: runs}))
     if args.no_write:
         return 0
@@ -214,8 +239,9 @@ def main() -> int:
         saved = json.loads(path.read_text())
         results[path.stem] = saved["runs"]
         commands.append(f"`.venv/bin/python bench/prefill_profile.py {saved['command']}`")
-    body = (f"### Where a prefill chunk's time goes\n\n{machine()}. ONNX Runtime's profiler over one "
-            "chunk of the reference Llama's all-full graph at each context; purposes come from the torch "
+    body = (f"### Where a prefill chunk's (and a decode step's) time goes\n\n{machine()}. ONNX Runtime's "
+            "profiler over one chunk (or the mean of one-token steps) of the reference Llama's all-full graph "
+            "at each context; purposes come from the torch "
             "module each node was exported from (nodes ONNX Runtime fused at load count under their "
             "first node's module). Python times are one run's wall clock.\n\n"
             f"{render(results)}\nCommands: " + ", ".join(commands))
