@@ -127,14 +127,17 @@ class CacheLayout:
 
 
 class KVCache:
-    """Preallocated key/value buffers for `batch` sequences of at most `capacity` slots."""
+    """Preallocated key/value buffers for `batch` sequences of at most `capacity` slots.
 
-    def __init__(self, layout: CacheLayout, batch: int, capacity: int, dtype=np.float32):
+    zeros(shape, dtype) allocates the key/value buffers: numpy's by default; torch-side decoding
+    passes one that allocates device tensors (the masks stay numpy arrays)."""
+
+    def __init__(self, layout: CacheLayout, batch: int, capacity: int, dtype=np.float32, zeros=np.zeros):
         self.layout, self.batch, self.capacity = layout, batch, capacity
         d, window = layout.head_dim, layout.window
-        self.retrieval = [(np.zeros((batch, r, capacity, d), dtype), np.zeros((batch, r, capacity, d), dtype))
+        self.retrieval = [(zeros((batch, r, capacity, d), dtype), zeros((batch, r, capacity, d), dtype))
                           if r else None for r in layout.retrieval]
-        self.streaming = [(np.zeros((batch, s, window, d), dtype), np.zeros((batch, s, window, d), dtype))
+        self.streaming = [(zeros((batch, s, window, d), dtype), zeros((batch, s, window, d), dtype))
                           if s else None for s in layout.streaming]
         self.past_mask = np.zeros((batch, capacity), np.int64)
         self.window_positions = np.full((batch, window), -1, np.int64)

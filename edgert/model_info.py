@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgert.errors import ModelLoadError, first_line
+from edgert.op_spec import DOMAIN
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
-
-EDGERT_DOMAIN = "edgert"
 
 
 @dataclass
@@ -96,7 +95,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         op_histogram=dict(histogram.most_common()),
         parameters=parameters,
         parameter_bytes=parameter_bytes,
-        custom_ops=sorted({n.op_type for n in graph.node if n.domain == EDGERT_DOMAIN}),
+        custom_ops=sorted({n.op_type for n in graph.node if n.domain == DOMAIN}),
         functions=[f"{f.domain}::{f.name}" for f in model.functions],
         manifest=manifest,
         has_tokenizer=TOKENIZER_KEY in metadata,

@@ -21,11 +21,6 @@ MANIFEST_KEY = "edgert"  # ONNX metadata_props key holding the manifest JSON
 TOKENIZER_KEY = "edgert.tokenizer"  # metadata_props key holding a tokenizers.json string
 
 
-def channels_last_overload(overload: str) -> str:
-    """The ONNX function overload under which an edgert op's body has a channels-last twin:
-    the same arithmetic arranged for channels-last INT8 kernels, which quantization inlines
-    in place of the body the node calls (exporters/vision_ops.py writes them)."""
-    return f"{overload}.channels-last" if overload else "channels-last"
 PLAN_FORMAT = 1
 # The most tokens a window cache may keep (sink + recent) where the model's max_length is not
 # known: more than any context of the decoder families edgert exports, and an int32.

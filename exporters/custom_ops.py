@@ -1,8 +1,9 @@
-"""The ONNX side of edgert's custom ops (docs/architecture.md).
+"""The ONNX side of edgert's custom ops (edgert/op_spec.py describes them; docs/architecture.md).
 
 Each op becomes one node in domain `edgert` carrying plugin_namespace="edgert" (so TensorRT can
 bind a plugin of the same name), plus a model-local FunctionProto of the same name whose body
-is standard ONNX, so plain ONNX Runtime runs the graph by inlining it.
+is standard ONNX, so plain ONNX Runtime runs the graph by inlining it. Schemas, node
+attributes and overload names all come from the op's OpSpec.
 
 torch and onnxscript are imported inside translation_table, the one function that needs them:
 `edgert export --help` imports this module.
@@ -17,11 +18,12 @@ from onnx import AttributeProto, helper
 from onnx.defs import OpSchema
 
 from edgert.exporters import vision_ops
+from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, DOMAIN, OP_VERSION, SINGLE_HEAD_ATTENTION,
+                            OpSpec, onnx_ops)
 
-DOMAIN = "edgert"
-PLUGIN_NAMESPACE = "edgert"
-OP_VERSION = 1
-CLIPPED_SOFTMAX = "ClippedSoftmax"  # not a standard ONNX op name: TensorRT looks up built-ins by name only
+_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+_ATTRIBUTE_TYPES = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS,
+                    "float": OpSchema.AttrType.FLOAT, "string": OpSchema.AttrType.STRING}
 
 
 # ONNX Runtime's contrib ops that edgert's ONNX Runtime CPU target emits, by (domain, name). onnx
@@ -38,23 +40,21 @@ _GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "
 def register_schemas() -> None:
     """Register the edgert ops, and the ONNX Runtime contrib op the CPU target emits, with onnx
     so onnxscript and the checker know their signatures."""
-    if onnx.defs.has(CLIPPED_SOFTMAX, DOMAIN):
-        return
     if not onnx.defs.has(GROUP_QUERY_ATTENTION, MICROSOFT_DOMAIN):
         onnx.defs.register_schema(_group_query_attention_schema())
-    for schema in vision_ops.schemas(DOMAIN, OP_VERSION):
-        onnx.defs.register_schema(schema)
-    float_attr = OpSchema.AttrType.FLOAT
-    onnx.defs.register_schema(OpSchema(
-        CLIPPED_SOFTMAX, DOMAIN, OP_VERSION,
-        doc="clip((zeta - gamma) * softmax(scores, axis=-1) + gamma, 0, 1)",
-        inputs=[OpSchema.FormalParameter("scores", "T")],
-        outputs=[OpSchema.FormalParameter("probs", "T")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
-        attributes=[OpSchema.Attribute("gamma", float_attr, "lower stretch, < 0"),
-                    OpSchema.Attribute("zeta", float_attr, "upper stretch, >= 1"),
-                    OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace")],
-    ))
+    for spec in onnx_ops():
+        if not onnx.defs.has(spec.name, DOMAIN):
+            onnx.defs.register_schema(onnx_schema(spec))
+
+
+def onnx_schema(spec: OpSpec) -> OpSchema:
+    """The onnx OpSchema of an edgert op: every input and output one float type T."""
+    attributes = [OpSchema.Attribute(a.name, _ATTRIBUTE_TYPES[a.kind], a.doc) for a in spec.attributes]
+    attributes.append(OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"))
+    return OpSchema(spec.name, DOMAIN, OP_VERSION, doc=spec.doc,
+                    inputs=[OpSchema.FormalParameter(name, "T") for name in spec.inputs],
+                    outputs=[OpSchema.FormalParameter(name, "T") for name in spec.outputs],
+                    type_constraints=[("T", _FLOATS, "")], attributes=attributes)
 
 
 def _group_query_attention_schema() -> OpSchema:
@@ -87,27 +87,31 @@ def translation_table() -> dict[object, Callable]:
     register_schemas()
     edgert_ops = onnxscript.values.Opset(DOMAIN, OP_VERSION)
 
+    def node(spec: OpSpec):
+        return getattr(edgert_ops, spec.name)
+
     def clipped_softmax(scores, gamma: float, zeta: float):
-        return edgert_ops.ClippedSoftmax(scores, gamma=gamma, zeta=zeta, plugin_namespace=PLUGIN_NAMESPACE)
+        return node(CLIPPED_SOFTMAX)(scores, **CLIPPED_SOFTMAX.node_attributes(gamma=gamma, zeta=zeta))
 
     def cascaded_group_attention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias, num_heads: int,
                                  key_dim: int, kernels: list[int], scale: float):
         value_dim = qkv_weight.shape[1] - 2 * key_dim
-        return edgert_ops.CascadedGroupAttention(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias,
-                                                 num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
-                                                 kernels=list(kernels), scale=scale,
-                                                 plugin_namespace=PLUGIN_NAMESPACE)
+        return node(CASCADED_GROUP_ATTENTION)(x, qkv_weight, qkv_bias, dw_weight, dw_bias, bias,
+                                              **CASCADED_GROUP_ATTENTION.node_attributes(
+                                                  num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
+                                                  kernels=list(kernels), scale=scale))
 
     def single_head_attention(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim: int, qk_dim: int,
                               scale: float, eps: float):
-        return edgert_ops.SingleHeadAttention(x, norm_weight, norm_bias, qkv_weight, qkv_bias,
-                                              partial_dim=partial_dim, qk_dim=qk_dim, scale=scale, epsilon=eps,
-                                              plugin_namespace=PLUGIN_NAMESPACE)
+        return node(SINGLE_HEAD_ATTENTION)(x, norm_weight, norm_bias, qkv_weight, qkv_bias,
+                                           **SINGLE_HEAD_ATTENTION.node_attributes(
+                                               partial_dim=partial_dim, qk_dim=qk_dim, scale=scale, epsilon=eps))
 
-    return {torch.ops.edgert.clipped_softmax.default: clipped_softmax,
-            torch.ops.edgert.cascaded_group_attention.default: cascaded_group_attention,
-            torch.ops.edgert.single_head_attention.default: single_head_attention,
-            torch.ops.edgert.prefill_attention.default: prefill_attention_for_ort_cpu}
+    registered = getattr(torch.ops, DOMAIN)
+    return {registered.clipped_softmax.default: clipped_softmax,
+            registered.cascaded_group_attention.default: cascaded_group_attention,
+            registered.single_head_attention.default: single_head_attention,
+            registered.prefill_attention.default: prefill_attention_for_ort_cpu}
 
 
 def prefill_attention_for_ort_cpu(q, k_new, v_new, k_past, v_past, bias, scale: float):
@@ -168,17 +172,19 @@ def clipped_softmax_function(opset: int):
         helper.make_node("Add", ["scaled", "gamma"], ["shifted"]),
         helper.make_node("Clip", ["shifted", "zero", "one"], ["probs"]),
     ]
-    return helper.make_function(DOMAIN, CLIPPED_SOFTMAX, ["scores"], ["probs"], nodes,
-                                [helper.make_opsetid("", opset)],
-                                attributes=["gamma", "zeta", "plugin_namespace"])
+    return helper.make_function(DOMAIN, CLIPPED_SOFTMAX.name, list(CLIPPED_SOFTMAX.inputs),
+                                list(CLIPPED_SOFTMAX.outputs), nodes, [helper.make_opsetid("", opset)],
+                                attributes=CLIPPED_SOFTMAX.attribute_names)
 
 
-def _attribute(node, name: str):
-    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+def node_attributes(node) -> dict:
+    """A NodeProto's attributes as {name: python value}."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _cascaded_group_attention_bodies(opset: int, node) -> list:
-    heads, kernels = _attribute(node, "num_heads"), list(_attribute(node, "kernels"))
+    attributes = node_attributes(node)
+    heads, kernels = attributes["num_heads"], list(attributes["kernels"])
     return [vision_ops.cascaded_group_attention_function(DOMAIN, opset, heads, kernels, channels_last=layout)
             for layout in (False, True)]
 
@@ -189,10 +195,10 @@ def _single_head_attention_bodies(opset: int, node) -> list:
 
 # op type -> (opset, node) -> [the FunctionProto the node calls, alternative layouts...]. A body
 # that depends on the node's attributes (CascadedGroupAttention unrolls its heads) is one
-# function overload per variant.
-FUNCTIONS = {CLIPPED_SOFTMAX: lambda opset, node: [clipped_softmax_function(opset)],
-             "CascadedGroupAttention": _cascaded_group_attention_bodies,
-             "SingleHeadAttention": _single_head_attention_bodies}
+# function overload per variant (OpSpec.overload names it).
+FUNCTIONS = {CLIPPED_SOFTMAX.name: lambda opset, node: [clipped_softmax_function(opset)],
+             CASCADED_GROUP_ATTENTION.name: _cascaded_group_attention_bodies,
+             SINGLE_HEAD_ATTENTION.name: _single_head_attention_bodies}
 # ONNX IR version 10 introduced function overloads.
 OVERLOAD_IR_VERSION = 10
 

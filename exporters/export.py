@@ -26,6 +26,7 @@ from edgert.exporters.custom_ops import OVERLOAD_IR_VERSION, attach_functions, t
 from edgert.exporters.optimize import Optimization, count_ops, optimize_for_ort_cpu
 from edgert.exporters.recipe import Step, TextOptions, VisionOptions, options_for, recipe_for
 from edgert.models.sources import ModelSource, resolve_source
+from edgert.op_spec import DOMAIN
 from edgert.plan import MANIFEST_KEY, TOKENIZER_KEY, Manifest
 from edgert.session import Session, session_options
 
@@ -108,7 +109,7 @@ def export(source: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         step("trace")
         _torch_export(prepared, opset, tmp)
         graph = _load_and_pin(tmp)
-        manifest.extra["custom_ops"] = sorted({n.op_type for n in graph.graph.node if n.domain == "edgert"})
+        manifest.extra["custom_ops"] = sorted({n.op_type for n in graph.graph.node if n.domain == DOMAIN})
         if optimization.target:
             optimization.fusions = count_ops(graph, optimization.fusions)
         if optimize and prepared.ort_cpu_fusions:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from edgert.errors import first_line
-from edgert.exporters.custom_ops import DOMAIN as CUSTOM_DOMAIN
+from edgert.op_spec import DOMAIN as CUSTOM_DOMAIN
 
 ORT_CPU = "onnxruntime-cpu"
 # Residual Add + LayerNormalization stay unfused in the export: ONNX Runtime 1.32's CPU

@@ -1,5 +1,6 @@
-"""ONNX schemas and function bodies of the vision attention ops (models/ops.py has their torch
-references): `CascadedGroupAttention` (EfficientViT) and `SingleHeadAttention` (SHViT).
+"""ONNX function bodies of the vision attention ops (edgert/op_spec.py describes them;
+models/ops.py has their torch references): `CascadedGroupAttention` (EfficientViT) and
+`SingleHeadAttention` (SHViT).
 
 The bodies are written node by node with onnx.helper: a CascadedGroupAttention body unrolls
 its heads (each head feeds the next) and crops each head's depthwise kernel, so there is one
@@ -13,49 +14,8 @@ inlines instead of the FP32 form (see _attend).
 from __future__ import annotations
 
 from onnx import AttributeProto, helper
-from onnx.defs import OpSchema
 
-from edgert.plan import channels_last_overload
-
-CASCADED_GROUP_ATTENTION = "CascadedGroupAttention"
-SINGLE_HEAD_ATTENTION = "SingleHeadAttention"
-_FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
-
-
-def schemas(domain: str, version: int) -> list:
-    """onnx OpSchemas of both ops (for the checker and onnxscript)."""
-    def param(name: str):
-        return OpSchema.FormalParameter(name, "T")
-
-    def attr(name: str, kind, doc: str):
-        return OpSchema.Attribute(name, kind, doc)
-
-    INT, FLOAT, STRING = OpSchema.AttrType.INT, OpSchema.AttrType.FLOAT, OpSchema.AttrType.STRING
-    namespace = attr("plugin_namespace", STRING, "TensorRT plugin namespace")
-    return [
-        OpSchema(CASCADED_GROUP_ATTENTION, domain, version,
-                 doc="EfficientViT cascaded group attention over windows x [B, C, H, W]; returns the "
-                     "heads' outputs concatenated [B, num_heads * value_dim, H, W]",
-                 inputs=[param(n) for n in ("x", "qkv_weight", "qkv_bias", "dw_weight", "dw_bias", "bias")],
-                 outputs=[param("heads")], type_constraints=[("T", _FLOATS, "")],
-                 attributes=[attr("num_heads", INT, "heads (channel chunks)"),
-                             attr("kernels", OpSchema.AttrType.INTS,
-                                  "each head's depthwise query kernel size; dw_weight holds them "
-                                  "zero-padded to the largest"),
-                             attr("key_dim", INT, "query/key channels per head"),
-                             attr("value_dim", INT, "value channels per head"),
-                             attr("scale", FLOAT, "query scale"), namespace]),
-        OpSchema(SINGLE_HEAD_ATTENTION, domain, version,
-                 doc="SHViT single-head attention over the first partial_dim channels of x [B, C, H, W] "
-                     "(GroupNorm with one group, 1x1 qkv conv, global softmax attention); the other "
-                     "channels pass through; returns [B, C, H, W]",
-                 inputs=[param(n) for n in ("x", "norm_weight", "norm_bias", "qkv_weight", "qkv_bias")],
-                 outputs=[param("y")], type_constraints=[("T", _FLOATS, "")],
-                 attributes=[attr("partial_dim", INT, "channels that attend"),
-                             attr("qk_dim", INT, "query/key channels"),
-                             attr("scale", FLOAT, "score scale"),
-                             attr("epsilon", FLOAT, "GroupNorm epsilon"), namespace]),
-    ]
+from edgert.op_spec import CASCADED_GROUP_ATTENTION, SINGLE_HEAD_ATTENTION
 
 
 class _Body:
@@ -108,12 +68,6 @@ class _Body:
                                              [self.helper.make_opsetid("", opset)], attributes=attributes)
         function.overload = overload
         return function
-
-
-def overload_name(base: str, channels_last: bool) -> str:
-    """The function overload of a body variant: `base` (what the node calls) or its
-    channels-last twin (edgert.plan.channels_last_overload)."""
-    return channels_last_overload(base) if channels_last else base
 
 
 def _attend(b: _Body, q: str, k: str, v: str, *, scale: str, q_dim: str, v_dim: str, bias: str | None,
@@ -174,11 +128,10 @@ def cascaded_group_attention_function(domain: str, opset: int, num_heads: int, k
         feat = _attend(b, q, k, v, scale=scale, q_dim=key_dim, v_dim=value_dim, bias=pick("bias"),
                        channels_last=channels_last)
         outputs.append(feat)
-    b("Concat", outputs, ["heads"], axis=1)
-    return b.function(domain, CASCADED_GROUP_ATTENTION,
-                      ["x", "qkv_weight", "qkv_bias", "dw_weight", "dw_bias", "bias"], ["heads"],
-                      ["num_heads", "key_dim", "value_dim", "kernels", "scale", "plugin_namespace"], opset,
-                      overload_name(f"heads{num_heads}.k{'-'.join(map(str, kernels))}", channels_last))
+    b("Concat", outputs, list(CASCADED_GROUP_ATTENTION.outputs), axis=1)
+    spec = CASCADED_GROUP_ATTENTION
+    return b.function(domain, spec.name, list(spec.inputs), list(spec.outputs), spec.attribute_names, opset,
+                      spec.overload({"num_heads": num_heads, "kernels": kernels}, channels_last=channels_last))
 
 
 def single_head_attention_function(domain: str, opset: int, *, channels_last: bool = False):
@@ -202,7 +155,7 @@ def single_head_attention_function(domain: str, opset: int, *, channels_last: bo
     qkv = b("Conv", [normed, "qkv_weight", "qkv_bias"])
     q, k, v = b("Split", [qkv, b("Concat", [qk, qk, partial], axis=0)], 3, axis=1)
     mixed = _attend(b, q, k, v, scale=scale, q_dim=qk, v_dim=partial, bias=None, channels_last=channels_last)
-    b("Concat", [mixed, x2], ["y"], axis=1)
-    return b.function(domain, SINGLE_HEAD_ATTENTION, ["x", "norm_weight", "norm_bias", "qkv_weight", "qkv_bias"],
-                      ["y"], ["partial_dim", "qk_dim", "scale", "epsilon", "plugin_namespace"], opset,
-                      overload_name("", channels_last))
+    spec = SINGLE_HEAD_ATTENTION
+    b("Concat", [mixed, x2], list(spec.outputs), axis=1)
+    return b.function(domain, spec.name, list(spec.inputs), list(spec.outputs), spec.attribute_names, opset,
+                      spec.overload({}, channels_last=channels_last))

@@ -51,6 +51,13 @@ class LayerCache:
     # bool scalar: no left padding among the new tokens and every retrieval slot filled, so a
     # fused prefill chunk over the retrieval heads needs no bias (causal in cache coordinates)
     unpadded: torch.Tensor | None = None
+    # The integer inputs the biases come from, for a decode-attention op that masks by itself:
+    # past_mask [B, C], window_positions [B, W], positions [B, S] of the new tokens.
+    past_mask: torch.Tensor | None = None
+    window_positions: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    sink: int = 0
+    recent: int = 0
 
 
 class HeadAttention(nn.Module):
@@ -87,6 +94,10 @@ class HeadAttention(nn.Module):
         # Set by the decoder export for ONNX Runtime CPU: prefill chunks attend through
         # edgert::prefill_attention (one fused node) where fused_prefill_applies says it can.
         self.fused_prefill = False
+        # Set by torch-side decoding (trt_plugins/torch_decode.py): a function with the
+        # signature of edgert::headwise_decode_attention that one-token steps call for the
+        # whole layer (retrieval and streaming heads in one call) where fused_prefill_applies.
+        self.decode_attention = None
 
     @property
     def fused_prefill_applies(self) -> bool:
@@ -148,6 +159,8 @@ class HeadAttention(nn.Module):
         split = sum(1 for kv in self.kv_heads if kv < r)  # query heads reading retrieval heads
         if self.kv_heads != sorted(self.kv_heads):
             raise ValueError("cached attention needs query heads ordered by kv head (models/decoder.py)")
+        if self.decode_attention is not None and q.shape[2] == 1 and self.fused_prefill_applies:
+            return self._decode_op(q, k, v, cache)
         parts = []
         if split:
             parts.append(self._attend_part(q[:, :split], self.kv_heads[:split], k[:, :r], v[:, :r],
@@ -159,6 +172,16 @@ class HeadAttention(nn.Module):
                                            cache.streaming_key, cache.streaming_value,
                                            cache.streaming_bias, cache.window_bias, past_per_query=True))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _decode_op(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """One new token's attention over both caches through self.decode_attention."""
+        r = cache.num_retrieval
+        retrieval = (cache.retrieval_key, cache.retrieval_value, cache.past_mask) if r else (None, None, None)
+        streaming = ((cache.streaming_key, cache.streaming_value, cache.window_positions, cache.positions[:, 0])
+                     if r < self.num_kv_heads else (None, None, None, None))
+        context = self.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], *retrieval[:2], retrieval[2], None,
+                                        *streaming, cache.sink, cache.recent, self.head_dim**-0.5)
+        return context.unsqueeze(2)
 
     def _attend_part(self, q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias,
                      past_per_query: bool, unpadded: torch.Tensor | None = None):
@@ -183,7 +206,7 @@ class HeadAttention(nn.Module):
         fused = self.fused_prefill and even and self.softmax_kind == "standard"
         if not even:  # uneven groups (a pruned plan): one row block per query head
             group = 1
-            kv_index = torch.tensor(kv_index, dtype=torch.long)
+            kv_index = torch.tensor(kv_index, dtype=torch.long, device=k_new.device)
             k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
             k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
         q = q * d**-0.5

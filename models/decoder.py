@@ -62,7 +62,7 @@ def order_for_cache(model, plan: HeadPlan) -> HeadPlan:
 
 
 def _bias(allowed: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, MASKED)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(~allowed, MASKED)
 
 
 class DecoderStep(nn.Module):
@@ -113,15 +113,16 @@ class DecoderStep(nn.Module):
         outputs = []
         for i, (layer, attention) in enumerate(zip(base.layers, self.attentions)):
             r, s = self.layout.retrieval[i], self.layout.streaming[i]
-            cache = LayerCache(r, causal_bias, window_bias, unpadded=unpadded)
+            cache = LayerCache(r, causal_bias, window_bias, unpadded=unpadded, positions=positions,
+                               sink=sink, recent=recent)
             if r:
                 cache.retrieval_key = named[f"past.{i}.retrieval.key"]
                 cache.retrieval_value = named[f"past.{i}.retrieval.value"]
-                cache.retrieval_bias = retrieval_bias
+                cache.retrieval_bias, cache.past_mask = retrieval_bias, named["past_mask"]
             if s:
                 cache.streaming_key = named[f"past.{i}.streaming.key"]
                 cache.streaming_value = named[f"past.{i}.streaming.value"]
-                cache.streaming_bias = streaming_bias
+                cache.streaming_bias, cache.window_positions = streaming_bias, named["window_positions"]
             hidden = layer(hidden, attention_mask=None, position_embeddings=rope, edgert_cache=cache)
             if r + s:
                 outputs += [cache.new_key, cache.new_value]

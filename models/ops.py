@@ -1,4 +1,5 @@
-"""edgert's torch custom ops (reference implementations; GPU kernels live in trt_plugins/).
+"""edgert's torch custom ops: the reference implementation of each op in edgert/op_spec.py,
+registered under the spec's torch name (GPU kernels live in trt_plugins/).
 
 Each op is opaque to torch.export, so the ONNX exporter maps it to one `edgert`-domain node
 (exporters/custom_ops.py) instead of inlining its arithmetic.
@@ -9,8 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgert.models.headwise_decode import headwise_decode_reference
+from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, HEADWISE_DECODE_ATTENTION, PREFILL_ATTENTION,
+                            SINGLE_HEAD_ATTENTION)
 
-@torch.library.custom_op("edgert::clipped_softmax", mutates_args=())
+
+@torch.library.custom_op(CLIPPED_SOFTMAX.torch_qualname, mutates_args=())
 def clipped_softmax(scores: torch.Tensor, gamma: float, zeta: float) -> torch.Tensor:
     """clip((zeta - gamma) * softmax(scores, -1) + gamma, 0, 1) (Bondarenko et al. 2023)."""
     return torch.clamp((zeta - gamma) * torch.softmax(scores, dim=-1) + gamma, 0.0, 1.0)
@@ -70,7 +75,7 @@ def cascaded_group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor
     return torch.cat(outputs, 1)
 
 
-@torch.library.custom_op("edgert::cascaded_group_attention", mutates_args=())
+@torch.library.custom_op(CASCADED_GROUP_ATTENTION.torch_qualname, mutates_args=())
 def cascaded_group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
                              dw_weight: torch.Tensor, dw_bias: torch.Tensor, bias: torch.Tensor,
                              num_heads: int, key_dim: int, kernels: list[int], scale: float) -> torch.Tensor:
@@ -100,7 +105,7 @@ def single_head_attention_reference(x: torch.Tensor, norm_weight: torch.Tensor, 
     return torch.cat([(v @ probs.transpose(-2, -1)).reshape(B, partial_dim, H, W), x2], dim=1)
 
 
-@torch.library.custom_op("edgert::single_head_attention", mutates_args=())
+@torch.library.custom_op(SINGLE_HEAD_ATTENTION.torch_qualname, mutates_args=())
 def single_head_attention(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
                           qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, partial_dim: int, qk_dim: int,
                           scale: float, eps: float) -> torch.Tensor:
@@ -145,7 +150,7 @@ def prefill_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: tor
     return torch.matmul(probs, values).view(batch, heads, seq, d)
 
 
-@torch.library.custom_op("edgert::prefill_attention", mutates_args=())
+@torch.library.custom_op(PREFILL_ATTENTION.torch_qualname, mutates_args=())
 def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_past: torch.Tensor,
                       v_past: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
     """prefill_attention_reference as one opaque op: exported for ONNX Runtime CPU as
@@ -157,3 +162,23 @@ def prefill_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 @prefill_attention.register_fake
 def _prefill_attention_fake(q, k_new, v_new, k_past, v_past, bias, scale):
     return q.new_empty(q.shape)  # contiguous, as the reference returns it (q may be a transposed view)
+
+
+@torch.library.custom_op(HEADWISE_DECODE_ATTENTION.torch_qualname, mutates_args=())
+def headwise_decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                              retrieval_key: torch.Tensor | None, retrieval_value: torch.Tensor | None,
+                              past_mask: torch.Tensor | None, lengths: torch.Tensor | None,
+                              streaming_key: torch.Tensor | None, streaming_value: torch.Tensor | None,
+                              window_positions: torch.Tensor | None, position: torch.Tensor | None,
+                              sink: int, recent: int, scale: float) -> torch.Tensor:
+    """models/headwise_decode.py's reference as one opaque op, with positional arguments in the
+    spec's order (a Triton kernel replaces it on CUDA: trt_plugins/kernels.py)."""
+    return headwise_decode_reference(q, k_new, v_new, retrieval_key=retrieval_key, retrieval_value=retrieval_value,
+                                     past_mask=past_mask, lengths=lengths, streaming_key=streaming_key,
+                                     streaming_value=streaming_value, window_positions=window_positions,
+                                     position=position, sink=sink, recent=recent, scale=scale)
+
+
+@headwise_decode_attention.register_fake
+def _headwise_decode_attention_fake(q, *args):
+    return torch.empty_like(q)

@@ -18,8 +18,7 @@ import onnx
 from onnx import inliner
 
 from edgert.errors import DependencyError
-from edgert.model_info import EDGERT_DOMAIN
-from edgert.plan import channels_last_overload
+from edgert.op_spec import DOMAIN, channels_last_overload
 from edgert.quant.kernels import OP_TYPES
 
 
@@ -37,7 +36,7 @@ def functions_to_inline(proto: onnx.ModelProto) -> list[tuple[str, str]]:
 
     used = {(n.domain, n.op_type) for n in proto.graph.node}
     used |= {(n.domain, n.op_type) for f in proto.functions for n in f.node}
-    return sorted(k for k in functions if k[0] == EDGERT_DOMAIN and k in used and quantizable(k))
+    return sorted(k for k in functions if k[0] == DOMAIN and k in used and quantizable(k))
 
 
 def inline_functions(proto: onnx.ModelProto, functions: list[tuple[str, str]], out: Path) -> None:
@@ -64,8 +63,8 @@ def inline_functions(proto: onnx.ModelProto, functions: list[tuple[str, str]], o
     inlined = inliner.inline_selected_functions(*_named_calls(proto, functions))
     for function in [f for f in inlined.functions if (f.domain, f.name) in functions]:
         inlined.functions.remove(function)
-    if not any(n.domain == EDGERT_DOMAIN for n in inlined.graph.node) and not inlined.functions:
-        kept = [o for o in inlined.opset_import if o.domain != EDGERT_DOMAIN]
+    if not any(n.domain == DOMAIN for n in inlined.graph.node) and not inlined.functions:
+        kept = [o for o in inlined.opset_import if o.domain != DOMAIN]
         del inlined.opset_import[:]
         inlined.opset_import.extend(kept)
     graph = ir.from_proto(inlined)

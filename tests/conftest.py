@@ -12,7 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgert.trt_plugins.triton_support import INTERPRET_ENV, cuda_device_present
+
 ROOT = Path(__file__).resolve().parents[1]
+# Triton picks its interpreter when a kernel module is imported: without an NVIDIA GPU, the
+# kernels in trt_plugins/ run on CPU tensors under it (set before any test imports them).
+if not cuda_device_present():
+    os.environ.setdefault(INTERPRET_ENV, "1")
 # Fixtures that export real models (tens of seconds each): every test that uses one runs in the
 # slow lane. `pytest -m "not slow"` is the fast lane for the inner loop; CI runs both. The fast
 # lane keeps test_decoder's one tiny Llama export so the decoding runtime is exercised there too.
@@ -20,9 +26,23 @@ EXPORTED_MODEL_FIXTURES = {"minilm_st", "minilm_fe", "family_export", "decoders"
 
 
 def pytest_collection_modifyitems(items):
+    gpu = None
     for item in items:
         if EXPORTED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            if gpu is None:
+                gpu = _cuda_available()
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def make_tiny_model(path: Path, *, dims=("batch", 4), with_ids: bool = True) -> Path:

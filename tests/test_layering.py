@@ -17,6 +17,7 @@ FORBIDDEN = {
     "quant/*.py": ("torch", "transformers", "edgert.models", "edgert.exporters", "edgert.cli"),
     "models/*.py": ("edgert.exporters", "edgert.quant", "edgert.cli"),
     "exporters/*.py": ("edgert.cli",),
+    "trt_plugins/*.py": ("transformers", "edgert.exporters", "edgert.quant", "edgert.cli"),
 }
 ALLOWED = {"edgert/__main__.py"}  # `python -m edgert` starts the CLI
 

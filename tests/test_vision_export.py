@@ -141,7 +141,7 @@ def test_json_summary(tmp_path):
 @pytest.mark.parametrize("name", ["efficientvit-m1", "shvit-s1"])
 def test_channels_last_twin_computes_the_same(exports, name, tmp_path):
     """Quantization inlines each body's channels-last twin: it must be the same function."""
-    from edgert.plan import channels_last_overload
+    from edgert.op_spec import channels_last_overload
 
     path = exports[(name, True)].path
     model = onnx.load(str(path))
