@@ -38,6 +38,14 @@ def interpreting() -> bool:
     return os.environ.get(INTERPRET_ENV, "0").lower() in ("1", "true", "yes", "on")
 
 
+def check_runs_here(name: str, tensor, interpreted: bool) -> None:
+    """RuntimeError unless a kernel jitted with `interpreted` (whether the interpreter was on when
+    its module was imported) can run on `tensor`: CUDA tensors, or CPU tensors under the interpreter."""
+    if not tensor.is_cuda and not interpreted:
+        raise RuntimeError(f"{name} runs on CUDA tensors, or on CPU tensors only with {INTERPRET_ENV}=1 set before "
+                           f"edgert.trt_plugins is imported; got a tensor on {tensor.device}")
+
+
 def triton_available() -> bool:
     """Whether `import triton` works here."""
     try:
