@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -215,3 +216,15 @@ def save_tiny_decoder(directory: Path, family: str = "llama", *, tokenizer: str 
         transformers.PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>",
                                              unk_token="<unk>").save_pretrained(directory)
     return model
+
+
+@pytest.fixture(scope="session")
+def aot_compile_report() -> dict:
+    """`python -m edgert.trt_plugins.compile_check --arch 90 89 --json`, run once per test run in
+    a process without Triton's interpreter (which would replace the kernels it compiles)."""
+    env = {k: v for k, v in os.environ.items() if k != INTERPRET_ENV}
+    result = subprocess.run([sys.executable, "-m", "edgert.trt_plugins.compile_check", "--arch", "90", "89", "--json"],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    report = json.loads(result.stdout)
+    report["returncode"], report["stderr"] = result.returncode, result.stderr
+    return report

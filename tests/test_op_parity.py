@@ -203,3 +203,8 @@ def test_triton_kernels_register_as_the_cuda_implementation_of_their_ops():
     kernels.register_cuda_kernels()
     assert kernels.registered_ops() == set(kernels.launchers())
     assert kernels.register_cuda_kernels() == []  # idempotent
+
+
+def test_every_kernel_compiles_for_sm90_and_sm89_without_global_scratch(aot_compile_report):
+    assert aot_compile_report["returncode"] == 0, aot_compile_report["failures"]
+    assert aot_compile_report["results"] and not aot_compile_report["failures"]
