@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpu_timing import median_ms  # bench/ is on sys.path when a script of it runs
 
 
 @dataclass(frozen=True)
@@ -54,28 +55,8 @@ BASELINES = ("sdpa_full", "sdpa_split", "flex")  # (a), (b), (c): the rows' `{na
 
 
 def timer(device: str, warmup: int, reps: int):
-    """fn -> median ms per call: CUDA events around each call on a GPU, perf_counter on CPU."""
-    import torch
-
-    def measure(fn) -> float:
-        for _ in range(warmup):
-            fn()
-        if device == "cpu":
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        for start, end in events:
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in events)
-
-    return measure
+    """fn -> median ms per call (bench/gpu_timing.py)."""
+    return lambda fn: median_ms(fn, device, warmup, reps)
 
 
 def copy_bandwidth(device: str, nbytes: int, measure) -> float:

@@ -19,10 +19,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from gpu_timing import median_ms  # bench/ is on sys.path when a script of it runs
 
 MODELS = ("efficientvit-m1", "shvit-s1")
 BATCHES = (1, 16, 64)
@@ -68,29 +69,6 @@ def sha_sdpa(x, norm_weight, norm_bias, qkv_weight, qkv_bias, partial_dim, qk_di
     q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).split([qk_dim, qk_dim, partial_dim], dim=-1)
     o = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, 1, N, partial_dim]
     return torch.cat([o.squeeze(1).transpose(1, 2).reshape(B, partial_dim, H, W), x2], dim=1)
-
-
-def median_ms(fn, device: str, warmup: int, reps: int) -> float:
-    """Median latency of fn() in ms: CUDA events around each call on a GPU, the host clock on CPU."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    if device == "cpu":
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def layers(dry_run: bool) -> list[tuple[str, str, dict]]:
