@@ -192,7 +192,8 @@ HEADWISE_DECODE_ATTENTION = OpSpec(
     attributes=(Attribute("sink", "int", "first tokens every streaming head keeps"),
                 Attribute("recent", "int", "latest tokens every streaming head keeps"),
                 Attribute("scale", "float", "score scale")),
-    # The decoder graph still spells this attention as plain ONNX ops; its edgert node is to come.
+    # Torch-side decoding's interface (trt_plugins/); the ONNX graph has the whole layer's cache
+    # attention, S new tokens, as HEADWISE_ATTENTION instead.
     onnx_form=NO_ONNX_FORM)
 
 OPS: dict[str, OpSpec] = {op.name: op for op in (CLIPPED_SOFTMAX, CASCADED_GROUP_ATTENTION, SINGLE_HEAD_ATTENTION,

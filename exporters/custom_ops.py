@@ -20,6 +20,7 @@ from onnx.defs import OpSchema
 from edgert.exporters import headwise_ops, vision_ops
 from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, DOMAIN, HEADWISE_ATTENTION, OP_VERSION, OPS,
                             SINGLE_HEAD_ATTENTION, OpSpec, onnx_ops)
+from edgert.quant.inline import nested_nodes
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _ATTRIBUTE_TYPES = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS,
@@ -258,11 +259,4 @@ def attach_functions(model) -> list[str]:
 
 def _edgert_nodes(nodes) -> list:
     """The edgert-domain nodes among `nodes` and in their subgraphs (If branches)."""
-    found = []
-    for node in nodes:
-        if node.domain == DOMAIN:
-            found.append(node)
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == AttributeProto.GRAPH else []) + list(attribute.graphs):
-                found += _edgert_nodes(sub.node)
-    return found
+    return [node for node in nested_nodes(nodes) if node.domain == DOMAIN]

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, inliner
 
 from edgert.op_spec import DOMAIN, HEADWISE_ATTENTION
+from edgert.quant.inline import nested_nodes, subgraphs
 
 # Sizes of the sample inputs the body is traced with: each differs from the others and from 1,
 # so torch.export keeps every one of them symbolic (S == 1 is the decode branch of an If).
@@ -48,7 +49,7 @@ def headwise_attention_body(opset: int, attributes: dict) -> onnx.FunctionProto:
     _prefix_names(nodes, _produced(nodes) - set(HEADWISE_ATTENTION.outputs))
     if [o.name for o in graph.output] != list(HEADWISE_ATTENTION.outputs):
         raise RuntimeError(f"the HeadwiseAttention body exported outputs {[o.name for o in graph.output]}")
-    domains = _domains(graph) - {""}
+    domains = {node.domain for node in nested_nodes(graph.node)} - {""}
     imports = [helper.make_opsetid("", opset)] + [o for o in program.model_proto.opset_import if o.domain in domains]
     function = helper.make_function(DOMAIN, HEADWISE_ATTENTION.name, list(HEADWISE_ATTENTION.inputs),
                                     list(HEADWISE_ATTENTION.outputs), nodes, imports,
@@ -104,19 +105,9 @@ def _sample_inputs(torch, heads: int, r: int, s: int, d: int) -> dict:
             "unpadded": torch.tensor(True) if r else None}
 
 
-def _subgraphs(node) -> list:
-    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + [
-        g for a in node.attribute for g in a.graphs]
-
-
 def _produced(nodes) -> set[str]:
     """The values the nodes produce, in their subgraphs too."""
-    names = set()
-    for node in nodes:
-        names.update(node.output)
-        for sub in _subgraphs(node):
-            names |= _produced(sub.node)
-    return names
+    return {name for node in nested_nodes(nodes) for name in node.output}
 
 
 def _prefix_names(nodes, names: set[str]) -> None:
@@ -131,17 +122,7 @@ def _prefix_names(nodes, names: set[str]) -> None:
     for node in nodes:
         node.input[:] = [rename(n) for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             _prefix_names(sub.node, names)
             for value in [*sub.output, *sub.value_info, *sub.input]:
                 value.name = rename(value.name)
-
-
-def _domains(graph) -> set[str]:
-    """The domains of the nodes of `graph`, subgraphs (If branches) included."""
-    found = set()
-    for node in graph.node:
-        found.add(node.domain)
-        for sub in _subgraphs(node):
-            found |= _domains(sub)
-    return found

@@ -16,6 +16,7 @@ import onnx
 
 from edgert.errors import first_line
 from edgert.op_spec import DOMAIN as CUSTOM_DOMAIN
+from edgert.quant.inline import subgraphs
 
 ORT_CPU = "onnxruntime-cpu"
 # Residual Add + LayerNormalization stay unfused in the export: ONNX Runtime 1.32's CPU
@@ -79,9 +80,8 @@ def count_ops(model, op_types) -> dict[str, int]:
         for node in nodes:
             if node.op_type in counts:
                 counts[node.op_type] += 1
-            for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs):
-                    walk(sub.node, calling)
+            for sub in subgraphs(node):
+                walk(sub.node, calling)
             key = (node.domain, node.op_type, node.overload)
             if key in functions and key not in calling:
                 walk(functions[key].node, (*calling, key))

@@ -22,15 +22,19 @@ from edgert.op_spec import DOMAIN, channels_last_overload
 from edgert.quant.kernels import OP_TYPES
 
 
-def nested_nodes(nodes) -> list:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs among a node's attributes (an If's branches)."""
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + [
+        g for a in node.attribute for g in a.graphs]
+
+
+def nested_nodes(nodes) -> list[onnx.NodeProto]:
     """`nodes` and the nodes of their subgraphs (If branches), at any depth."""
     found = []
     for node in nodes:
         found.append(node)
-        for attribute in node.attribute:
-            subgraphs = ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs)
-            for sub in subgraphs:
-                found += nested_nodes(sub.node)
+        for sub in subgraphs(node):
+            found += nested_nodes(sub.node)
     return found
 
 

@@ -22,6 +22,7 @@ from edgert.exporters.optimize import count_ops  # noqa: E402
 from edgert.kv_cache import CacheLayout  # noqa: E402
 from edgert.op_spec import DOMAIN, HEADWISE_ATTENTION, PLUGIN_NAMESPACE  # noqa: E402
 from edgert.plan import CachePolicy, HeadPlan, Softmax  # noqa: E402
+from edgert.quant.inline import nested_nodes  # noqa: E402
 
 from conftest import save_tiny_decoder  # noqa: E402
 
@@ -48,18 +49,7 @@ def _calls(model) -> list:
 
 
 def _body_domains(model) -> set[str]:
-    found = set()
-
-    def walk(nodes):
-        for node in nodes:
-            found.add(node.domain)
-            for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs):
-                    walk(sub.node)
-
-    for function in model.functions:
-        walk(function.node)
-    return found
+    return {node.domain for function in model.functions for node in nested_nodes(function.node)}
 
 
 @pytest.fixture(scope="module")
