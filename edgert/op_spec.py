@@ -56,6 +56,8 @@ class OpSpec:
     attributes: tuple[Attribute, ...] = ()
     overload_of: Callable[[Mapping[str, object]], str] | None = None
     onnx_form: str = FUNCTION
+    optional_inputs: tuple[str, ...] = ()  # inputs a node may leave empty ("")
+    input_types: tuple[tuple[str, str], ...] = ()  # (input, ONNX type) of inputs that are not float
 
     @property
     def torch_qualname(self) -> str:
@@ -139,6 +141,46 @@ PREFILL_ATTENTION = OpSpec(
     attributes=(Attribute("scale", "float", "score scale"),),
     onnx_form="com.microsoft.GroupQueryAttention")
 
+
+def _headwise_overload(attributes: Mapping[str, object]) -> str:
+    """One body per layer configuration: "g2.r1.s1.d16", plus ".gqa" when prefill chunks run as
+    GroupQueryAttention, or ".clipped-0.025_1" for a clipped softmax (the body bakes all of them
+    in: head counts and head_dim as slice and reshape constants, gamma/zeta as attributes)."""
+    name = (f"g{attributes['group']}.r{attributes['retrieval_heads']}.s{attributes['streaming_heads']}"
+            f".d{attributes['head_dim']}")
+    if attributes["fused_prefill"]:
+        name += ".gqa"
+    if attributes["softmax"] == "clipped":
+        name += f".clipped{attributes['gamma']:.6g}_{attributes['zeta']:.6g}"
+    return name
+
+
+HEADWISE_ATTENTION = OpSpec(
+    "HeadwiseAttention", "headwise_attention",
+    "S new tokens of one decoder layer attending over its per-head KV cache and themselves: query heads "
+    "[0, r*g) read the r retrieval kv heads (retrieval cache [B, r, P, d] under retrieval_bias [B, 1, 1, P], "
+    "the new tokens under causal_bias [B, 1, S, S]), the others the s streaming kv heads (window cache "
+    "[B, s, W, d] under streaming_bias [B, 1, S, W], the new tokens under window_bias [B, 1, S, S]); query "
+    "head h reads kv head h // group; q [B, H, S, d] is scaled by head_dim ** -0.5 inside; biases are "
+    "additive; unpadded (bool scalar) lets fused prefill chunks of the retrieval heads skip their bias. "
+    "Returns [B, H, S, d]",
+    inputs=("q", "k_new", "v_new", "retrieval_key", "retrieval_value", "retrieval_bias", "causal_bias",
+            "streaming_key", "streaming_value", "streaming_bias", "window_bias", "unpadded"),
+    outputs=("context",),
+    attributes=(Attribute("group", "int", "query heads per kv head"),
+                Attribute("retrieval_heads", "int", "kv heads with a full (retrieval) cache, r"),
+                Attribute("streaming_heads", "int", "kv heads with a window (streaming) cache, s"),
+                Attribute("head_dim", "int", "d"),
+                Attribute("softmax", "string", "standard or clipped"),
+                Attribute("gamma", "float", "clipped softmax's lower stretch (0 for standard)"),
+                Attribute("zeta", "float", "clipped softmax's upper stretch (1 for standard)"),
+                Attribute("fused_prefill", "int", "1: prefill chunks run as com.microsoft.GroupQueryAttention "
+                                                  "(ONNX Runtime CPU); 0: plain ONNX")),
+    overload_of=_headwise_overload,
+    optional_inputs=("retrieval_key", "retrieval_value", "retrieval_bias", "streaming_key", "streaming_value",
+                     "streaming_bias", "window_bias", "unpadded"),
+    input_types=(("unpadded", "tensor(bool)"),))
+
 HEADWISE_DECODE_ATTENTION = OpSpec(
     "HeadwiseDecodeAttention", "headwise_decode_attention",
     "one new token per sequence attending over a per-head KV cache: retrieval kv heads over every filled "
@@ -150,11 +192,12 @@ HEADWISE_DECODE_ATTENTION = OpSpec(
     attributes=(Attribute("sink", "int", "first tokens every streaming head keeps"),
                 Attribute("recent", "int", "latest tokens every streaming head keeps"),
                 Attribute("scale", "float", "score scale")),
-    # The decoder graph still spells this attention as plain ONNX ops; its edgert node is to come.
+    # Torch-side decoding's interface (trt_plugins/); the ONNX graph has the whole layer's cache
+    # attention, S new tokens, as HEADWISE_ATTENTION instead.
     onnx_form=NO_ONNX_FORM)
 
 OPS: dict[str, OpSpec] = {op.name: op for op in (CLIPPED_SOFTMAX, CASCADED_GROUP_ATTENTION, SINGLE_HEAD_ATTENTION,
-                                                 PREFILL_ATTENTION, HEADWISE_DECODE_ATTENTION)}
+                                                 PREFILL_ATTENTION, HEADWISE_DECODE_ATTENTION, HEADWISE_ATTENTION)}
 
 
 def onnx_ops() -> list[OpSpec]:

@@ -17,9 +17,10 @@ import onnx
 from onnx import AttributeProto, helper
 from onnx.defs import OpSchema
 
-from edgert.exporters import vision_ops
-from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, DOMAIN, OP_VERSION, SINGLE_HEAD_ATTENTION,
-                            OpSpec, onnx_ops)
+from edgert.exporters import headwise_ops, vision_ops
+from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, DOMAIN, HEADWISE_ATTENTION, OP_VERSION, OPS,
+                            SINGLE_HEAD_ATTENTION, OpSpec, onnx_ops)
+from edgert.quant.inline import nested_nodes
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _ATTRIBUTE_TYPES = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS,
@@ -48,11 +49,17 @@ def register_schemas() -> None:
 
 
 def onnx_schema(spec: OpSpec) -> OpSchema:
-    """The onnx OpSchema of an edgert op: every input and output one float type T."""
+    """The onnx OpSchema of an edgert op: every input and output one float type T, but for the
+    inputs the spec types otherwise (spec.input_types)."""
     attributes = [OpSchema.Attribute(a.name, _ATTRIBUTE_TYPES[a.kind], a.doc) for a in spec.attributes]
     attributes.append(OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"))
+    types = dict(spec.input_types)
+    optional = OpSchema.FormalParameterOption.Optional
+    single = OpSchema.FormalParameterOption.Single
     return OpSchema(spec.name, DOMAIN, OP_VERSION, doc=spec.doc,
-                    inputs=[OpSchema.FormalParameter(name, "T") for name in spec.inputs],
+                    inputs=[OpSchema.FormalParameter(name, types.get(name, "T"),
+                                                     param_option=optional if name in spec.optional_inputs else single)
+                            for name in spec.inputs],
                     outputs=[OpSchema.FormalParameter(name, "T") for name in spec.outputs],
                     type_constraints=[("T", _FLOATS, "")], attributes=attributes)
 
@@ -107,11 +114,22 @@ def translation_table() -> dict[object, Callable]:
                                            **SINGLE_HEAD_ATTENTION.node_attributes(
                                                partial_dim=partial_dim, qk_dim=qk_dim, scale=scale, epsilon=eps))
 
+    def headwise_attention(q, k_new, v_new, retrieval_key, retrieval_value, retrieval_bias, causal_bias,
+                           streaming_key, streaming_value, streaming_bias, window_bias, unpadded, group: int,
+                           retrieval_heads: int, softmax: str, gamma: float, zeta: float, fused_prefill: bool):
+        attributes = HEADWISE_ATTENTION.node_attributes(
+            group=group, retrieval_heads=retrieval_heads, streaming_heads=k_new.shape[1] - retrieval_heads,
+            head_dim=q.shape[3], softmax=softmax, gamma=gamma, zeta=zeta, fused_prefill=int(fused_prefill))
+        return node(HEADWISE_ATTENTION)(q, k_new, v_new, retrieval_key, retrieval_value, retrieval_bias, causal_bias,
+                                        streaming_key, streaming_value, streaming_bias, window_bias, unpadded,
+                                        **attributes)
+
     registered = getattr(torch.ops, DOMAIN)
     return {registered.clipped_softmax.default: clipped_softmax,
             registered.cascaded_group_attention.default: cascaded_group_attention,
             registered.single_head_attention.default: single_head_attention,
-            registered.prefill_attention.default: prefill_attention_for_ort_cpu}
+            registered.prefill_attention.default: prefill_attention_for_ort_cpu,
+            registered.headwise_attention.default: headwise_attention}
 
 
 def prefill_attention_for_ort_cpu(q, k_new, v_new, k_past, v_past, bias, scale: float):
@@ -178,8 +196,9 @@ def clipped_softmax_function(opset: int):
 
 
 def node_attributes(node) -> dict:
-    """A NodeProto's attributes as {name: python value}."""
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """A NodeProto's attributes as {name: python value} (strings decoded)."""
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {name: value.decode() if isinstance(value, bytes) else value for name, value in values.items()}
 
 
 def _cascaded_group_attention_bodies(opset: int, node) -> list:
@@ -198,29 +217,46 @@ def _single_head_attention_bodies(opset: int, node) -> list:
 # function overload per variant (OpSpec.overload names it).
 FUNCTIONS = {CLIPPED_SOFTMAX.name: lambda opset, node: [clipped_softmax_function(opset)],
              CASCADED_GROUP_ATTENTION.name: _cascaded_group_attention_bodies,
-             SINGLE_HEAD_ATTENTION.name: _single_head_attention_bodies}
+             SINGLE_HEAD_ATTENTION.name: _single_head_attention_bodies,
+             HEADWISE_ATTENTION.name: lambda opset, node: [headwise_ops.headwise_attention_body(
+                 opset, node_attributes(node))]}
 # ONNX IR version 10 introduced function overloads.
 OVERLOAD_IR_VERSION = 10
 
 
 def attach_functions(model) -> list[str]:
-    """Give `model` (ModelProto) the function body of every edgert op it uses; return their names.
+    """Give `model` (ModelProto) the function body of every edgert op it uses, in If branches and
+    inside other bodies too; return the op types of its top-level edgert nodes.
 
-    Nodes whose body depends on their attributes get the overload of their variant (IR >= 10)."""
-    nodes = [n for n in model.graph.node if n.domain == DOMAIN]
-    if not nodes:
-        return []
+    Each node calls the overload of its variant (OpSpec.overload; IR >= 10 when any has one);
+    a body is built once per overload, and the domains its nodes use are imported by the model."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     have = {(f.domain, f.name, f.overload) for f in model.functions}
-    for node in nodes:
-        bodies = FUNCTIONS[node.op_type](opset, node)
-        node.overload = bodies[0].overload
-        for body in bodies:
-            if (DOMAIN, node.op_type, body.overload) not in have:
-                model.functions.append(body)
-                have.add((DOMAIN, node.op_type, body.overload))
+    pending = list(_edgert_nodes(model.graph.node))
+    if not pending:
+        return []
+    while pending:
+        node = pending.pop()
+        node.overload = OPS[node.op_type].overload(node_attributes(node))
+        if (DOMAIN, node.op_type, node.overload) in have:
+            continue
+        for body in FUNCTIONS[node.op_type](opset, node):
+            model.functions.append(body)
+            have.add((DOMAIN, node.op_type, body.overload))
+            pending += _edgert_nodes(model.functions[-1].node)  # the stored copy: its nodes get overloads
     if any(f.overload for f in model.functions):
         model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
+    imported = {o.domain for o in model.opset_import}
+    for function in model.functions:
+        for opset_id in function.opset_import:
+            if opset_id.domain not in imported:
+                model.opset_import.append(opset_id)
+                imported.add(opset_id.domain)
+    if DOMAIN not in imported:
         model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
-    return sorted({n.op_type for n in nodes})
+    return sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+
+
+def _edgert_nodes(nodes) -> list:
+    """The edgert-domain nodes among `nodes` and in their subgraphs (If branches)."""
+    return [node for node in nested_nodes(nodes) if node.domain == DOMAIN]

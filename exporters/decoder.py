@@ -84,6 +84,8 @@ def prepare(source: ModelSource, task: str | None, options: TextOptions, step: S
     decoder = load(source)
     plan = _transform_heads(decoder, source, options, step).check(max_length=decoder.max_length)
     plan = order_for_cache(decoder.model, plan)
+    if note := use_headwise_node(decoder.model):
+        decoder.notes.append(note)
     layout = CacheLayout.from_plan(plan, model_shape(decoder.model).head_dim)
     module = DecoderStep(decoder.model, layout).eval()
     input_names, output_names = layout.input_names(), layout.output_names()
@@ -104,6 +106,18 @@ def prepare(source: ModelSource, task: str | None, options: TextOptions, step: S
               for b, s, c in ((1, 1, 7), (3, 4, 2), (2, 6, 9))]
     return Prepared(module, input_names, output_names, dynamic, trace, checks, manifest,
                     decoder.tokenizer_json, fuse_before_trace=lambda: fuse_prefill_attention(decoder.model))
+
+
+def use_headwise_node(model) -> str | None:
+    """Have every layer whose query heads come in even groups attend over its cache through
+    edgert::headwise_attention (one edgert::HeadwiseAttention node per layer); return a note
+    naming the layers left as plain ONNX ops, if any."""
+    attentions = head_attentions(model)
+    for attention in attentions:
+        attention.headwise_node = attention.even_groups
+    left = sum(not a.headwise_node for a in attentions)
+    return (f"cache attention of {left} of {len(attentions)} layers left as plain ONNX ops, not "
+            "edgert::HeadwiseAttention (query heads in uneven groups)") if left else None
 
 
 def fuse_prefill_attention(model) -> Optimization:

@@ -16,6 +16,7 @@ import onnx
 
 from edgert.errors import first_line
 from edgert.op_spec import DOMAIN as CUSTOM_DOMAIN
+from edgert.quant.inline import subgraphs
 
 ORT_CPU = "onnxruntime-cpu"
 # Residual Add + LayerNormalization stay unfused in the export: ONNX Runtime 1.32's CPU
@@ -69,18 +70,23 @@ def optimize_for_ort_cpu(model):
 
 
 def count_ops(model, op_types) -> dict[str, int]:
-    """How many nodes of each of `op_types` `model` holds, subgraphs (If branches) included."""
+    """How many nodes of each of `op_types` `model` runs: subgraphs (If branches) included, and
+    the body of a model-local function once per node that calls it (an edgert::HeadwiseAttention
+    body holds its layer's GroupQueryAttention nodes)."""
     counts = dict.fromkeys(op_types, 0)
+    functions = {(f.domain, f.name, f.overload): f for f in model.functions}
 
-    def walk(graph):
-        for node in graph.node:
+    def walk(nodes, calling=()):
+        for node in nodes:
             if node.op_type in counts:
                 counts[node.op_type] += 1
-            for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(attribute.graphs):
-                    walk(sub)
+            for sub in subgraphs(node):
+                walk(sub.node, calling)
+            key = (node.domain, node.op_type, node.overload)
+            if key in functions and key not in calling:
+                walk(functions[key].node, (*calling, key))
 
-    walk(model.graph)
+    walk(model.graph.node)
     return counts
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgert.models.ops import clipped_softmax, prefill_attention, prefill_attention_reference
+from edgert.models.ops import clipped_softmax, headwise_attention, headwise_attention_reference
 from edgert.plan import LayerPlan
 
 
@@ -94,18 +94,27 @@ class HeadAttention(nn.Module):
         # Set by the decoder export for ONNX Runtime CPU: prefill chunks attend through
         # edgert::prefill_attention (one fused node) where fused_prefill_applies says it can.
         self.fused_prefill = False
+        # Set by the decoder export: the cached attention becomes one edgert::headwise_attention
+        # call (one edgert::HeadwiseAttention node per layer) where the groups are even.
+        self.headwise_node = False
         # Set by torch-side decoding (trt_plugins/torch_decode.py): a function with the
         # signature of edgert::headwise_decode_attention that one-token steps call for the
         # whole layer (retrieval and streaming heads in one call) where fused_prefill_applies.
         self.decode_attention = None
 
     @property
-    def fused_prefill_applies(self) -> bool:
-        """Whether prefill chunks can run as edgert::prefill_attention: a standard softmax, and
-        query heads in even contiguous groups per kv head (a pruned plan may leave them uneven)."""
+    def even_groups(self) -> bool:
+        """Whether the query heads come in even contiguous groups per kv head (a pruned plan may
+        leave them uneven)."""
         kv = self.num_kv_heads
-        return (self.softmax_kind == "standard" and kv > 0 and self.num_heads % kv == 0
+        return (kv > 0 and self.num_heads % kv == 0
                 and self.kv_heads == [h // (self.num_heads // kv) for h in range(self.num_heads)])
+
+    @property
+    def fused_prefill_applies(self) -> bool:
+        """Whether prefill chunks can run as edgert::prefill_attention: a standard softmax and
+        even groups."""
+        return self.softmax_kind == "standard" and self.even_groups
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -154,24 +163,22 @@ class HeadAttention(nn.Module):
     def _attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        cache: LayerCache) -> torch.Tensor:
         """Attention of the new queries over cache + new keys, retrieval and streaming kv
-        heads separately; returns the context [B, kept, S, d]."""
-        r = cache.num_retrieval
-        split = sum(1 for kv in self.kv_heads if kv < r)  # query heads reading retrieval heads
-        if self.kv_heads != sorted(self.kv_heads):
-            raise ValueError("cached attention needs query heads ordered by kv head (models/decoder.py)")
+        heads separately (models/ops.py:headwise_attention_reference); returns the context
+        [B, kept, S, d]. With `headwise_node` and even groups, the whole of it is one
+        edgert::headwise_attention call, so the export has one node per layer."""
         if self.decode_attention is not None and q.shape[2] == 1 and self.fused_prefill_applies:
             return self._decode_op(q, k, v, cache)
-        parts = []
-        if split:
-            parts.append(self._attend_part(q[:, :split], self.kv_heads[:split], k[:, :r], v[:, :r],
-                                           cache.retrieval_key, cache.retrieval_value,
-                                           cache.retrieval_bias, cache.causal_bias, past_per_query=False,
-                                           unpadded=cache.unpadded))
-        if split < self.num_heads:
-            parts.append(self._attend_part(q[:, split:], [kv - r for kv in self.kv_heads[split:]], k[:, r:], v[:, r:],
-                                           cache.streaming_key, cache.streaming_value,
-                                           cache.streaming_bias, cache.window_bias, past_per_query=True))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        unpadded = cache.unpadded if self.fused_prefill else None  # only fused chunks read it
+        inputs = (q, k, v, cache.retrieval_key, cache.retrieval_value, cache.retrieval_bias, cache.causal_bias,
+                  cache.streaming_key, cache.streaming_value, cache.streaming_bias, cache.window_bias, unpadded)
+        if self.headwise_node and self.even_groups:
+            standard = self.softmax_kind == "standard"
+            return headwise_attention(*inputs, self.num_heads // self.num_kv_heads, cache.num_retrieval,
+                                      self.softmax_kind, 0.0 if standard else self.gamma,
+                                      1.0 if standard else self.zeta, self.fused_prefill)
+        return headwise_attention_reference(*inputs, kv_heads=self.kv_heads, retrieval_heads=cache.num_retrieval,
+                                            softmax=self.softmax_kind, gamma=self.gamma, zeta=self.zeta,
+                                            fused_prefill=self.fused_prefill)
 
     def _decode_op(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One new token's attention over both caches through self.decode_attention."""
@@ -182,79 +189,3 @@ class HeadAttention(nn.Module):
         context = self.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], *retrieval[:2], retrieval[2], None,
                                         *streaming, cache.sink, cache.recent, self.head_dim**-0.5)
         return context.unsqueeze(2)
-
-    def _attend_part(self, q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias,
-                     past_per_query: bool, unpadded: torch.Tensor | None = None):
-        """Softmax over [past, new] keys of one group of kv heads; past_bias has one row for
-        all queries, or one per query when past_per_query. Returns [B, heads, S, d].
-
-        Query heads are ordered by the kv head they read; when every kv head serves the same
-        number g of them, the g heads' queries are stacked as g * S rows of one matmul, so each
-        cached key is read once per step, not g times.
-
-        Two ways to the same result, chosen by the number of new tokens (an ONNX If in the
-        graph): one token concatenates the scores of past and new keys, which are small,
-        because concatenating the keys would copy the whole cache every step; a prefill chunk
-        concatenates the keys instead, which are small next to its [g*S, past] scores, so the
-        big score matrix is written once and read by one softmax. With `fused_prefill` (the
-        ONNX Runtime CPU export) a chunk runs as one edgert::prefill_attention node instead,
-        without a bias when `unpadded` says the mask is plain causal (a second If)."""
-        heads, d = q.shape[1], q.shape[3]
-        kv = k_new.shape[1]
-        group = heads // kv if kv else 0
-        even = bool(kv) and heads == group * kv and kv_index == [h // group for h in range(heads)]
-        fused = self.fused_prefill and even and self.softmax_kind == "standard"
-        if not even:  # uneven groups (a pruned plan): one row block per query head
-            group = 1
-            kv_index = torch.tensor(kv_index, dtype=torch.long, device=k_new.device)
-            k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
-            k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
-        q = q * d**-0.5
-        softmax = self._softmax
-
-        # Every branch takes q as [B, heads, S, d] and returns that shape (torch.cond needs
-        # equal shapes); the grouped form [B, kv, g*S, d] is made inside.
-        def grouped(q):
-            return q.reshape(q.shape[0], q.shape[1] // group, group * q.shape[2], q.shape[3])
-
-        def biased(scores, bias):  # [B, kv, g*S, K] + bias [B, 1, S, K], one bias row per query
-            b, k, rows, keys = scores.shape
-            s = bias.shape[2]
-            return (scores.view(b, k, rows // s, s, keys) + bias.unsqueeze(2)).view(b, k, rows, keys)
-
-        def full_bias(past_bias, new_bias):  # [B, 1, S, P + S]
-            if not past_per_query:
-                past_bias = past_bias.expand(-1, -1, new_bias.shape[2], -1)
-            return torch.cat([past_bias, new_bias], dim=-1)
-
-        def one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            rows = grouped(q)
-            past = torch.matmul(rows, k_past.transpose(2, 3))
-            past = biased(past, past_bias) if past_per_query else past + past_bias
-            probs = softmax(torch.cat([past, biased(torch.matmul(rows, k_new.transpose(2, 3)), new_bias)], dim=-1))
-            split = k_past.shape[2]
-            context = torch.matmul(probs[..., :split], v_past) + torch.matmul(probs[..., split:], v_new)
-            return context.reshape(q.shape)
-
-        def chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            return prefill_attention_reference(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias),
-                                               1.0, softmax=softmax)
-
-        def fused_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            return prefill_attention(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias), 1.0)
-
-        def causal_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
-            return prefill_attention(q, k_new, v_new, k_past, v_past, None, 1.0)
-
-        def fused_either(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
-            # Without padding the retrieval heads' mask is plain causal, which the fused op
-            # applies itself: no [S, P + S] bias is built, and its kernel runs faster without one.
-            return torch.cond(unpadded, causal_chunk, fused_chunk, (q, k_new, v_new, k_past, v_past, past_bias, new_bias))
-
-        def one_token_of_eight(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
-            return one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias)
-
-        operands = (q, k_new, v_new, k_past, v_past, past_bias, new_bias)
-        if fused and unpadded is not None and not past_per_query:
-            return torch.cond(k_new.shape[2] == 1, one_token_of_eight, fused_either, (*operands, unpadded))
-        return torch.cond(k_new.shape[2] == 1, one_token, fused_chunk if fused else chunk, operands)

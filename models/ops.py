@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from edgert.models.headwise_decode import headwise_decode_reference
-from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, HEADWISE_DECODE_ATTENTION, PREFILL_ATTENTION,
-                            SINGLE_HEAD_ATTENTION)
+from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, HEADWISE_ATTENTION, HEADWISE_DECODE_ATTENTION,
+                            PREFILL_ATTENTION, SINGLE_HEAD_ATTENTION)
 
 
 @torch.library.custom_op(CLIPPED_SOFTMAX.torch_qualname, mutates_args=())
@@ -182,3 +182,139 @@ def headwise_decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch
 @headwise_decode_attention.register_fake
 def _headwise_decode_attention_fake(q, *args):
     return torch.empty_like(q)
+
+
+def softmax_of(kind: str, gamma: float | None, zeta: float | None):
+    """The softmax over the last dim a layer uses: torch's, or edgert::clipped_softmax."""
+    if kind == "clipped":
+        return lambda scores: clipped_softmax(scores, gamma, zeta)
+    return lambda scores: torch.softmax(scores, dim=-1)
+
+
+def headwise_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                                 retrieval_key: torch.Tensor | None, retrieval_value: torch.Tensor | None,
+                                 retrieval_bias: torch.Tensor | None, causal_bias: torch.Tensor,
+                                 streaming_key: torch.Tensor | None, streaming_value: torch.Tensor | None,
+                                 streaming_bias: torch.Tensor | None, window_bias: torch.Tensor | None,
+                                 unpadded: torch.Tensor | None, *, kv_heads: list[int], retrieval_heads: int,
+                                 softmax: str = "standard", gamma: float | None = None, zeta: float | None = None,
+                                 fused_prefill: bool = False) -> torch.Tensor:
+    """Attention of S new tokens of one decoder layer over its per-head cache and themselves
+    (the LayerCache of models/attention.py holds these inputs; HEADWISE_ATTENTION's doc says who
+    sees what). q [B, H, S, d] with RoPE applied, not scaled; k_new, v_new [B, kv, S, d];
+    kv_heads: the kv head each query head reads, ordered (retrieval heads first, any groups,
+    even or not); fused_prefill: prefill chunks of even groups with a standard softmax run as
+    edgert::prefill_attention. Returns the context [B, H, S, d]."""
+    if kv_heads != sorted(kv_heads):
+        raise ValueError("cached attention needs query heads ordered by kv head (models/decoder.py)")
+    r = retrieval_heads
+    split = sum(1 for kv in kv_heads if kv < r)  # query heads reading retrieval heads
+    options = dict(softmax=softmax_of(softmax, gamma, zeta), fused_prefill=fused_prefill and softmax == "standard")
+    parts = []
+    if split:
+        parts.append(_attend_part(q[:, :split], kv_heads[:split], k_new[:, :r], v_new[:, :r], retrieval_key,
+                                  retrieval_value, retrieval_bias, causal_bias, past_per_query=False,
+                                  unpadded=unpadded, **options))
+    if split < len(kv_heads):
+        parts.append(_attend_part(q[:, split:], [kv - r for kv in kv_heads[split:]], k_new[:, r:], v_new[:, r:],
+                                  streaming_key, streaming_value, streaming_bias, window_bias, past_per_query=True,
+                                  **options))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _attend_part(q, kv_index, k_new, v_new, k_past, v_past, past_bias, new_bias, *, past_per_query: bool,
+                 softmax, fused_prefill: bool, unpadded: torch.Tensor | None = None):
+    """Softmax over [past, new] keys of one group of kv heads; past_bias has one row for
+    all queries, or one per query when past_per_query. Returns [B, heads, S, d].
+
+    Query heads are ordered by the kv head they read; when every kv head serves the same
+    number g of them, the g heads' queries are stacked as g * S rows of one matmul, so each
+    cached key is read once per step, not g times.
+
+    Two ways to the same result, chosen by the number of new tokens (an ONNX If in the
+    graph): one token concatenates the scores of past and new keys, which are small,
+    because concatenating the keys would copy the whole cache every step; a prefill chunk
+    concatenates the keys instead, which are small next to its [g*S, past] scores, so the
+    big score matrix is written once and read by one softmax. With `fused_prefill` (the
+    ONNX Runtime CPU export) a chunk runs as one edgert::prefill_attention node instead,
+    without a bias when `unpadded` says the mask is plain causal (a second If)."""
+    heads, d = q.shape[1], q.shape[3]
+    kv = k_new.shape[1]
+    group = heads // kv if kv else 0
+    even = bool(kv) and heads == group * kv and kv_index == [h // group for h in range(heads)]
+    fused = fused_prefill and even
+    if not even:  # uneven groups (a pruned plan): one row block per query head
+        group = 1
+        kv_index = torch.tensor(kv_index, dtype=torch.long, device=k_new.device)
+        k_new, v_new = k_new.index_select(1, kv_index), v_new.index_select(1, kv_index)
+        k_past, v_past = k_past.index_select(1, kv_index), v_past.index_select(1, kv_index)
+    q = q * d**-0.5
+
+    # Every branch takes q as [B, heads, S, d] and returns that shape (torch.cond needs
+    # equal shapes); the grouped form [B, kv, g*S, d] is made inside.
+    def grouped(q):
+        return q.reshape(q.shape[0], q.shape[1] // group, group * q.shape[2], q.shape[3])
+
+    def biased(scores, bias):  # [B, kv, g*S, K] + bias [B, 1, S, K], one bias row per query
+        b, k, rows, keys = scores.shape
+        s = bias.shape[2]
+        return (scores.view(b, k, rows // s, s, keys) + bias.unsqueeze(2)).view(b, k, rows, keys)
+
+    def full_bias(past_bias, new_bias):  # [B, 1, S, P + S]
+        if not past_per_query:
+            past_bias = past_bias.expand(-1, -1, new_bias.shape[2], -1)
+        return torch.cat([past_bias, new_bias], dim=-1)
+
+    def one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+        rows = grouped(q)
+        past = torch.matmul(rows, k_past.transpose(2, 3))
+        past = biased(past, past_bias) if past_per_query else past + past_bias
+        probs = softmax(torch.cat([past, biased(torch.matmul(rows, k_new.transpose(2, 3)), new_bias)], dim=-1))
+        split = k_past.shape[2]
+        context = torch.matmul(probs[..., :split], v_past) + torch.matmul(probs[..., split:], v_new)
+        return context.reshape(q.shape)
+
+    def chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+        return prefill_attention_reference(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias),
+                                           1.0, softmax=softmax)
+
+    def fused_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+        return prefill_attention(q, k_new, v_new, k_past, v_past, full_bias(past_bias, new_bias), 1.0)
+
+    def causal_chunk(q, k_new, v_new, k_past, v_past, past_bias, new_bias):
+        return prefill_attention(q, k_new, v_new, k_past, v_past, None, 1.0)
+
+    def fused_either(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
+        # Without padding the retrieval heads' mask is plain causal, which the fused op
+        # applies itself: no [S, P + S] bias is built, and its kernel runs faster without one.
+        return torch.cond(unpadded, causal_chunk, fused_chunk, (q, k_new, v_new, k_past, v_past, past_bias, new_bias))
+
+    def one_token_of_eight(q, k_new, v_new, k_past, v_past, past_bias, new_bias, unpadded):
+        return one_token(q, k_new, v_new, k_past, v_past, past_bias, new_bias)
+
+    operands = (q, k_new, v_new, k_past, v_past, past_bias, new_bias)
+    if fused and unpadded is not None and not past_per_query:
+        return torch.cond(k_new.shape[2] == 1, one_token_of_eight, fused_either, (*operands, unpadded))
+    return torch.cond(k_new.shape[2] == 1, one_token, fused_chunk if fused else chunk, operands)
+
+
+@torch.library.custom_op(HEADWISE_ATTENTION.torch_qualname, mutates_args=())
+def headwise_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                       retrieval_key: torch.Tensor | None, retrieval_value: torch.Tensor | None,
+                       retrieval_bias: torch.Tensor | None, causal_bias: torch.Tensor,
+                       streaming_key: torch.Tensor | None, streaming_value: torch.Tensor | None,
+                       streaming_bias: torch.Tensor | None, window_bias: torch.Tensor | None,
+                       unpadded: torch.Tensor | None, group: int, retrieval_heads: int, softmax: str,
+                       gamma: float, zeta: float, fused_prefill: bool) -> torch.Tensor:
+    """headwise_attention_reference of a layer whose query heads come in even groups of `group`
+    per kv head, as one opaque op (exported as edgert::HeadwiseAttention)."""
+    return headwise_attention_reference(q, k_new, v_new, retrieval_key, retrieval_value, retrieval_bias, causal_bias,
+                                        streaming_key, streaming_value, streaming_bias, window_bias, unpadded,
+                                        kv_heads=[h // group for h in range(q.shape[1])],
+                                        retrieval_heads=retrieval_heads, softmax=softmax, gamma=gamma, zeta=zeta,
+                                        fused_prefill=fused_prefill)
+
+
+@headwise_attention.register_fake
+def _headwise_attention_fake(q, *args):
+    return q.new_empty(q.shape)

@@ -22,9 +22,27 @@ from edgert.op_spec import DOMAIN, channels_last_overload
 from edgert.quant.kernels import OP_TYPES
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs among a node's attributes (an If's branches)."""
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + [
+        g for a in node.attribute for g in a.graphs]
+
+
+def nested_nodes(nodes) -> list[onnx.NodeProto]:
+    """`nodes` and the nodes of their subgraphs (If branches), at any depth."""
+    found = []
+    for node in nodes:
+        found.append(node)
+        for sub in subgraphs(node):
+            found += nested_nodes(sub.node)
+    return found
+
+
 def functions_to_inline(proto: onnx.ModelProto) -> list[tuple[str, str]]:
     """(domain, name) of the model-local functions of edgert-domain ops used in `proto`
-    whose bodies hold OP_TYPES, directly or through other functions."""
+    whose bodies hold OP_TYPES, directly, in If branches or through other functions (a decoder's
+    edgert::HeadwiseAttention holds its MatMuls in If branches: inlined, the graph is the one
+    the decoder kind was written for)."""
     functions = {(f.domain, f.name): f for f in proto.functions}
 
     def quantizable(key, seen=()) -> bool:
@@ -32,10 +50,10 @@ def functions_to_inline(proto: onnx.ModelProto) -> list[tuple[str, str]]:
         return body is not None and key not in seen and any(
             n.op_type in OP_TYPES and n.domain in ("", "ai.onnx")
             or quantizable((n.domain, n.op_type), (*seen, key))
-            for n in body.node)
+            for n in nested_nodes(body.node))
 
-    used = {(n.domain, n.op_type) for n in proto.graph.node}
-    used |= {(n.domain, n.op_type) for f in proto.functions for n in f.node}
+    used = {(n.domain, n.op_type) for n in nested_nodes(proto.graph.node)}
+    used |= {(n.domain, n.op_type) for f in proto.functions for n in nested_nodes(f.node)}
     return sorted(k for k in functions if k[0] == DOMAIN and k in used and quantizable(k))
 
 

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgert.op_spec import (CASCADED_GROUP_ATTENTION, CLIPPED_SOFTMAX, DOMAIN, FUNCTION,  # noqa: E402
-                            HEADWISE_DECODE_ATTENTION, NO_ONNX_FORM, OPS, PREFILL_ATTENTION, SINGLE_HEAD_ATTENTION,
+                            HEADWISE_ATTENTION, HEADWISE_DECODE_ATTENTION, NO_ONNX_FORM, OPS, PREFILL_ATTENTION, SINGLE_HEAD_ATTENTION,
                             channels_last_overload)
 
 
@@ -75,6 +75,21 @@ def _headwise_decode_attention_case(rng):
             window_positions, position], {"sink": sink, "recent": recent, "scale": d ** -0.5}
 
 
+def _headwise_attention_case(rng):
+    """A prefill chunk of 3 tokens over one retrieval kv head (5 slots, two empty) and one
+    streaming kv head (4 window slots, one empty), 2 query heads per kv head."""
+    batch, group, d, seq, past, window = 1, 2, 8, 3, 5, 4
+    masked = np.finfo(np.float32).min
+    causal = np.where(np.tril(np.ones((seq, seq), bool)), 0.0, masked)[None, None]
+    retrieval_bias = np.where(np.array([1, 1, 0, 1, 0], bool), 0.0, masked)[None, None, None]
+    streaming_bias = np.where(np.array([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 1, 0]], bool), 0.0, masked)[None, None]
+    return [rng.standard_normal((batch, 2 * group, seq, d)), rng.standard_normal((batch, 2, seq, d)),
+            rng.standard_normal((batch, 2, seq, d)), rng.standard_normal((batch, 1, past, d)),
+            rng.standard_normal((batch, 1, past, d)), retrieval_bias, causal, rng.standard_normal((batch, 1, window, d)),
+            rng.standard_normal((batch, 1, window, d)), streaming_bias, causal, None], \
+        {"group": group, "retrieval_heads": 1, "softmax": "standard", "gamma": 0.0, "zeta": 1.0, "fused_prefill": False}
+
+
 # op name -> inputs (numpy; floats cast to the test's dtype, integers kept; None for an absent
 # optional input) and the
 # torch op's non-tensor arguments, in its signature's order.
@@ -82,7 +97,8 @@ CASES = {CLIPPED_SOFTMAX.name: _clipped_softmax_case,
          CASCADED_GROUP_ATTENTION.name: _cascaded_group_attention_case,
          SINGLE_HEAD_ATTENTION.name: _single_head_attention_case,
          PREFILL_ATTENTION.name: _prefill_attention_case,
-         HEADWISE_DECODE_ATTENTION.name: _headwise_decode_attention_case}
+         HEADWISE_DECODE_ATTENTION.name: _headwise_decode_attention_case,
+         HEADWISE_ATTENTION.name: _headwise_attention_case}
 BACKENDS = ("onnxruntime", "triton", "tensorrt")
 
 
