@@ -55,7 +55,10 @@ EDGERT_VARIANTS = {  # label -> (retrieval heads, INT8 guard or None for FP32)
 # the portable graph (export --no-optimize), denormals kept, threads spinning. Not in the default
 # run; --variants adds it, so before and after stand in one table.
 BEFORE = "edgert full, before (portable graph, denormals kept)"
-ALL_VARIANTS = [*EDGERT_VARIANTS, BEFORE]
+# The all-full model with its cache attention as plain ops in the graph, as exported before each
+# layer's attention became one edgert::HeadwiseAttention node (A/B of the node's CPU cost).
+INLINE = "edgert full, attention inline (no HeadwiseAttention node)"
+ALL_VARIANTS = [*EDGERT_VARIANTS, BEFORE, INLINE]
 
 
 def model_prefix(model: str) -> str:
@@ -99,6 +102,19 @@ def build_edgert_models(model_dir: Path, console, prefix: str = "edgert",
             console.print(f"exporting {BEFORE} …")
             export(str(model_dir), portable, optimize=False)
         paths[BEFORE] = portable
+    if INLINE in labels:
+        inline = WORK / f"{prefix}-full-inline.onnx"
+        if not inline.exists():
+            console.print(f"exporting {INLINE} …")
+            from edgert.exporters import decoder as decoder_recipe
+
+            node = decoder_recipe.use_headwise_node
+            decoder_recipe.use_headwise_node = lambda model: None  # every layer's attention stays inline
+            try:
+                export(str(model_dir), inline)
+            finally:
+                decoder_recipe.use_headwise_node = node
+        paths[INLINE] = inline
     streaming = WORK / f"{prefix}-streaming.onnx"
     if not streaming.exists():
         console.print("exporting the streaming-only model …")
@@ -212,10 +228,11 @@ def report(results: list[dict], stream: dict | None, contexts: list[int]) -> tup
     for context in contexts:
         full, genai = by.get(("edgert full", context)), by.get(("ort-genai-fp32", context))
         torch_peer = by.get(("transformers", context))
-        before = by.get((BEFORE, context))
-        if full and before:
-            targets.append(f"- {context}: edgert full vs {BEFORE}: prefill {before['prefill_s'] / full['prefill_s']:.2f}x, "
-                           f"per-token {_p50(before) / _p50(full):.2f}x")
+        for label in (BEFORE, INLINE):
+            before = by.get((label, context))
+            if full and before:
+                targets.append(f"- {context}: edgert full vs {label}: prefill "
+                               f"{before['prefill_s'] / full['prefill_s']:.2f}x, per-token {_p50(before) / _p50(full):.2f}x")
         if full and torch_peer:
             targets.append(f"- {context}: edgert full vs transformers: prefill {torch_peer['prefill_s'] / full['prefill_s']:.2f}x, "
                            f"per-token {_p50(torch_peer) / _p50(full):.2f}x")
