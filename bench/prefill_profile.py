@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgert.quant.inline import subgraphs
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "prefill_profile"
 DEFAULT_MODEL = HERE / "_work" / "decode" / "edgert-full.onnx"
@@ -53,11 +55,8 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, tuple[str, list[str]]]:
                            for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), [])
             scopes = outer + scopes  # a branch's nodes name scopes relative to their If
             found[node.name] = (node.op_type, scopes)
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    walk(attribute.g, scopes)
-                for sub in attribute.graphs:
-                    walk(sub, scopes)
+            for sub in subgraphs(node):
+                walk(sub, scopes)
 
     walk(model.graph, [])
     return found

@@ -147,11 +147,12 @@ class KVCache:
         """Exact bytes of the key and value buffers."""
         return sum(a.nbytes for pair in self.retrieval + self.streaming if pair for a in pair)
 
-    def feeds(self, *, compact: bool) -> dict[str, np.ndarray]:
+    def feeds(self, *, compact: bool, contiguous=np.ascontiguousarray) -> dict[str, np.ndarray]:
         """The cache inputs of the next step. compact=False hands ONNX Runtime the whole
         buffers (no copy; unwritten slots are masked), which suits one-token steps;
         compact=True hands it contiguous copies of the written slots only, which suits
-        prefill chunks, whose attention cost grows with the slots they read."""
+        prefill chunks, whose attention cost grows with the slots they read. contiguous makes
+        those copies of the key/value slices (torch-side decoding keeps device views instead)."""
         used = max(self.length, 1) if compact else self.capacity
         feeds = {}
         if any(self.layout.retrieval):
@@ -161,8 +162,7 @@ class KVCache:
         for i, (retrieval, streaming) in enumerate(zip(self.retrieval, self.streaming)):
             if retrieval:
                 for kind, buffer in zip(("key", "value"), retrieval):
-                    feeds[past_name(i, "retrieval", kind)] = (np.ascontiguousarray(buffer[:, :, :used])
-                                                              if compact else buffer)
+                    feeds[past_name(i, "retrieval", kind)] = contiguous(buffer[:, :, :used]) if compact else buffer
             if streaming:
                 feeds[past_name(i, "streaming", "key")] = streaming[0]
                 feeds[past_name(i, "streaming", "value")] = streaming[1]

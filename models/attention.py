@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgert.models.ops import clipped_softmax, headwise_attention, headwise_attention_reference
+from edgert.models.ops import headwise_attention, headwise_attention_reference, softmax_of
 from edgert.plan import LayerPlan
 
 
@@ -145,9 +145,7 @@ class HeadAttention(nn.Module):
         return self._output(hidden, torch.matmul(probs, v))
 
     def _softmax(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.softmax_kind == "clipped":
-            return clipped_softmax(scores, self.gamma, self.zeta)
-        return torch.softmax(scores, dim=-1)
+        return softmax_of(self.softmax_kind, self.gamma, self.zeta)(scores)
 
     def _output(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Gate and head-mask the per-head context [B, kept, S, d], then project it."""
@@ -186,6 +184,7 @@ class HeadAttention(nn.Module):
         retrieval = (cache.retrieval_key, cache.retrieval_value, cache.past_mask) if r else (None, None, None)
         streaming = ((cache.streaming_key, cache.streaming_value, cache.window_positions, cache.positions[:, 0])
                      if r < self.num_kv_heads else (None, None, None, None))
-        context = self.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], *retrieval[:2], retrieval[2], None,
-                                        *streaming, cache.sink, cache.recent, self.head_dim**-0.5)
+        lengths = None  # past_mask alone says which retrieval slots are filled
+        context = self.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], *retrieval, lengths, *streaming,
+                                        cache.sink, cache.recent, self.head_dim**-0.5)
         return context.unsqueeze(2)

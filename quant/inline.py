@@ -38,6 +38,11 @@ def nested_nodes(nodes) -> list[onnx.NodeProto]:
     return found
 
 
+def model_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Every node of `proto`: its graph's and its model-local functions', If branches included."""
+    return nested_nodes(proto.graph.node) + [n for f in proto.functions for n in nested_nodes(f.node)]
+
+
 def functions_to_inline(proto: onnx.ModelProto) -> list[tuple[str, str]]:
     """(domain, name) of the model-local functions of edgert-domain ops used in `proto`
     whose bodies hold OP_TYPES, directly, in If branches or through other functions (a decoder's
@@ -52,8 +57,7 @@ def functions_to_inline(proto: onnx.ModelProto) -> list[tuple[str, str]]:
             or quantizable((n.domain, n.op_type), (*seen, key))
             for n in nested_nodes(body.node))
 
-    used = {(n.domain, n.op_type) for n in nested_nodes(proto.graph.node)}
-    used |= {(n.domain, n.op_type) for f in proto.functions for n in nested_nodes(f.node)}
+    used = {(n.domain, n.op_type) for n in model_nodes(proto)}
     return sorted(k for k in functions if k[0] == DOMAIN and k in used and quantizable(k))
 
 

@@ -31,7 +31,7 @@ from edgert.errors import OptionError, QuantizeError
 from edgert.model_info import load_onnx_proto
 from edgert.plan import MANIFEST_KEY, Manifest
 from edgert.quant.guard import Guard
-from edgert.quant.inline import functions_to_inline, inline_functions, nested_nodes
+from edgert.quant.inline import functions_to_inline, inline_functions, model_nodes
 from edgert.quant.kernels import U8S8, Candidate, Int8Kernel, choose_kernel
 from edgert.quant.kinds import kind_for
 from edgert.quant.model_kind import (DataRequest, Evaluation, Feeds, FloatRanking, MeasuredAccuracy, ModelKind,
@@ -275,8 +275,7 @@ class _Trial:
 def _check_quantizable(proto: onnx.ModelProto, model: object, target: Int8Target) -> None:
     """Refuse graphs that are quantized already, and graphs with ops `target` cannot parse (in
     If branches and function bodies too: a decoder's GroupQueryAttention sits in both)."""
-    ops = {(n.domain, n.op_type) for n in nested_nodes(proto.graph.node)}
-    ops |= {(n.domain, n.op_type) for f in proto.functions for n in nested_nodes(f.node)}
+    ops = {(n.domain, n.op_type) for n in model_nodes(proto)}
     already = sorted({op for _, op in ops} & QUANTIZED_OPS)
     if already:
         raise QuantizeError(f"{model} is already quantized (it has {', '.join(already)})")

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, PAST_MASK, POSITION_IDS, WINDOW_POSITIONS, CacheLayout, KVCache
+from edgert.kv_cache import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, CacheLayout, KVCache
 from edgert.models.adapters import adapt, head_attentions, identity_plan, model_shape
 from edgert.models.decoder import DecoderStep, order_for_cache
 from edgert.plan import HeadPlan
@@ -78,27 +78,19 @@ class TorchDecoder:
     def _run(self, ids: np.ndarray, positions: np.ndarray, *, compact: bool) -> torch.Tensor:
         """One DecoderStep over the cache (compact: only its written slots, as prefill chunks
         read it; else the whole buffers, as one-token steps do); writes the new keys/values."""
-        cache, device = self.cache, self.device
         mask = np.ones_like(ids)
-        used = max(cache.length, 1) if compact else cache.capacity
-        named = {INPUT_IDS: ids, POSITION_IDS: positions, ATTENTION_MASK: mask}
-        if any(self.layout.retrieval):
-            named[PAST_MASK] = cache.past_mask[:, :used]
-        if any(self.layout.streaming):
-            named[WINDOW_POSITIONS] = cache.window_positions
-        inputs = []
-        for name in self.layout.input_names():
-            if name in named:
-                inputs.append(torch.from_numpy(np.ascontiguousarray(named[name])).to(device))
-                continue
-            layer, part, kind = name.split(".")[1:]
-            pair = (cache.retrieval if part == "retrieval" else cache.streaming)[int(layer)]
-            buffer = pair[0 if kind == "key" else 1]
-            inputs.append(buffer[:, :, :used] if part == "retrieval" else buffer)
-        logits, *new = self.step(*inputs)
+        feeds = {INPUT_IDS: ids, POSITION_IDS: positions, ATTENTION_MASK: mask,
+                 **self.cache.feeds(compact=compact, contiguous=lambda view: view)}
+        logits, *new = self.step(*(self._on_device(feeds[name]) for name in self.layout.input_names()))
         outputs = dict(zip(self.layout.output_names()[1:], new))
-        cache.append(outputs, positions, mask)
+        self.cache.append(outputs, positions, mask)
         return logits
+
+    def _on_device(self, value) -> torch.Tensor:
+        """A cache buffer (already a device tensor) or a numpy input, as a tensor on the device."""
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
 
 
 def _decode_attention(attention: str):
